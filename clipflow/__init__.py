@@ -1,0 +1,3 @@
+"""clipflow: from image-text metadata to a searchable CLIP index."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,107 @@
+"""Account for every input row: dropped as duplicate, invalid, downloaded, or failed with a reason."""
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from clipflow.errors import ClipflowError
+from clipflow.planner import Plan
+
+RESIZE_REASONS = ("image too small", "image area too large", "aspect ratio too large")
+
+
+def failure_reason(status: str, message: str | None) -> str:
+    """A short, groupable reason for one failed row of an img2dataset shard parquet."""
+    message = message or ""
+    if status == "failed_to_resize":
+        return message if message in RESIZE_REASONS else "not a decodable image"
+    http = re.match(r"HTTP Error (\d+)", message)
+    if http:
+        return f"http {http.group(1)}"
+    if "X-Robots-Tag" in message:
+        return "disallowed by X-Robots-Tag"
+    if "timed out" in message:
+        return "timeout"
+    if "unknown url type" in message or "no host given" in message:
+        return "invalid url"
+    if "urlopen error" in message or "Connection" in message:
+        return "connection error"
+    return "download error"
+
+
+def shard_accounting(plan: Plan, shards_folder: Path | str, shard: str) -> dict:
+    planned = pq.ParquetFile(plan.shard_path(shard)).metadata.num_rows
+    results = pq.read_table(Path(shards_folder) / f"{shard}.parquet", columns=["status", "error_message"]).to_pylist()
+    if len(results) != planned:
+        raise ClipflowError(f"{shards_folder}/{shard}.parquet: {len(results)} rows for {planned} planned; download the shard again")
+    failed = Counter(failure_reason(r["status"], r["error_message"]) for r in results if r["status"] != "success")
+    return {"shard": shard, "planned": planned, "downloaded": planned - sum(failed.values()), "failed": dict(sorted(failed.items()))}
+
+
+def summarize(plan: Plan, shards_folder: Path | str) -> dict:
+    shards = [shard_accounting(plan, shards_folder, shard) for shard in plan.shards]
+    totals = plan.totals()
+    failed = Counter()
+    for shard in shards:
+        failed.update(shard["failed"])
+    summary = {
+        "input_rows": totals["rows"],
+        "duplicates_dropped": totals["duplicates"],
+        "invalid_dropped": totals["invalid"],
+        "downloaded": sum(shard["downloaded"] for shard in shards),
+        "failed": dict(sorted(failed.items())),
+        "shards": shards,
+    }
+    accounted = summary["duplicates_dropped"] + summary["invalid_dropped"] + summary["downloaded"] + sum(failed.values())
+    if accounted != summary["input_rows"]:
+        raise ClipflowError(f"accounting does not add up: {accounted} rows accounted for {summary['input_rows']} input rows")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"input rows                      {summary['input_rows']:>10,}",
+        f"  duplicates dropped            {summary['duplicates_dropped']:>10,}",
+        f"  invalid dropped               {summary['invalid_dropped']:>10,}",
+        f"  downloaded                    {summary['downloaded']:>10,}",
+        f"  failed                        {sum(summary['failed'].values()):>10,}",
+    ]
+    lines += [f"    {reason:<28}{count:>10,}" for reason, count in summary["failed"].items()]
+    lines.append(f"shards                          {len(summary['shards']):>10,}")
+    return "\n".join(lines)
+
+
+def plot_summary(summary: dict, path: Path | str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    states = {
+        "downloaded": summary["downloaded"],
+        "duplicate": summary["duplicates_dropped"],
+        "invalid": summary["invalid_dropped"],
+        **{f"failed: {reason}": count for reason, count in summary["failed"].items()},
+    }
+    shards = summary["shards"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1, 2]})
+    left.barh(list(states), list(states.values()), color=["tab:green", "tab:gray", "tab:brown"] + ["tab:red"] * len(summary["failed"]))
+    left.invert_yaxis()
+    left.set_title(f"{summary['input_rows']:,} input rows")
+    left.set_xlabel("rows")
+    positions = range(len(shards))
+    right.bar(positions, [s["downloaded"] for s in shards], label="downloaded", color="tab:green")
+    stacked = [s["downloaded"] for s in shards]
+    for reason in summary["failed"]:
+        counts = [s["failed"].get(reason, 0) for s in shards]
+        right.bar(positions, counts, bottom=stacked, label=f"failed: {reason}")
+        stacked = [a + b for a, b in zip(stacked, counts)]
+    right.set_title("per shard")
+    right.set_xlabel("shard")
+    right.set_ylabel("planned rows")
+    right.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

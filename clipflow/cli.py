@@ -1,0 +1,51 @@
+"""The `clipflow` command."""
+
+import argparse
+import logging
+import os
+import sys
+
+from clipflow.errors import ClipflowError
+
+
+def _plan(args) -> None:
+    from clipflow.config import load_config
+    from clipflow.planner import make_plan
+
+    plan = make_plan(load_config(args.config), args.plan_dir)
+    totals = plan.totals()
+    print(f"{len(plan.shards)} shards; {totals['rows']:,} input rows: {totals['planned']:,} planned, "
+          f"{totals['duplicates']:,} duplicates and {totals['invalid']:,} invalid rows dropped")
+
+
+def _demo_serve(args) -> None:
+    from clipflow.demo import serve
+
+    serve(args.folder, args.port, parent_pid=args.parent_pid)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="clipflow", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    plan = commands.add_parser("plan", help="ingest, deduplicate and plan shards (the workflow does this itself)")
+    plan.add_argument("--config", default="config/config.yaml")
+    plan.add_argument("--plan-dir", default="results/plan")
+    plan.set_defaults(run=_plan)
+
+    demo = commands.add_parser("demo-serve", help="serve the demo images on 127.0.0.1 (started by the workflow)")
+    demo.add_argument("--folder", required=True)
+    demo.add_argument("--port", type=int, required=True)
+    demo.add_argument("--parent-pid", type=int, default=os.getppid())
+    demo.set_defaults(run=_demo_serve)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        args.run(args)
+    except ClipflowError as error:
+        sys.exit(f"clipflow: error: {error}")
+
+
+if __name__ == "__main__":
+    main()

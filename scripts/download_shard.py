@@ -1,0 +1,14 @@
+from pathlib import Path
+
+from clipflow.downloader import download_shard
+from clipflow.logs import redirect_to_log
+
+# img2dataset's worker processes are spawned and re-import this script: run only in the parent.
+if __name__ == "__main__":
+    with redirect_to_log(snakemake.log[0]):
+        download_shard(
+            snakemake.input.shard,
+            Path(snakemake.output.stats).parent,
+            snakemake.params.options,
+            snakemake.params.kept_columns,
+        )

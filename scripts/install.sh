@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Creates .venv with the pinned environment and clipflow installed in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -r requirements.lock "pytest==9.2.0"
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e .

@@ -31,17 +31,27 @@ def failure_reason(status: str, message: str | None) -> str:
     return "download error"
 
 
-def shard_accounting(plan: Plan, shards_folder: Path | str, shard: str) -> dict:
+def shard_accounting(plan: Plan, shard: str, result_parquet: Path) -> dict:
     planned = pq.ParquetFile(plan.shard_path(shard)).metadata.num_rows
-    results = pq.read_table(Path(shards_folder) / f"{shard}.parquet", columns=["status", "error_message"]).to_pylist()
+    results = pq.read_table(result_parquet, columns=["status", "error_message"]).to_pylist()
     if len(results) != planned:
-        raise ClipflowError(f"{shards_folder}/{shard}.parquet: {len(results)} rows for {planned} planned; download the shard again")
+        raise ClipflowError(f"{result_parquet}: {len(results)} rows for {planned} planned; download the shard again")
     failed = Counter(failure_reason(r["status"], r["error_message"]) for r in results if r["status"] != "success")
-    return {"shard": shard, "planned": planned, "downloaded": planned - sum(failed.values()), "failed": dict(sorted(failed.items()))}
+    return {
+        "shard": shard,
+        "planned": planned,
+        "downloaded": planned - sum(failed.values()),
+        "failed": dict(sorted(failed.items())),
+    }
 
 
-def summarize(plan: Plan, shards_folder: Path | str) -> dict:
-    shards = [shard_accounting(plan, shards_folder, shard) for shard in plan.shards]
+def summarize(plan: Plan, result_parquets: list[Path | str]) -> dict:
+    """Accounting over the plan and img2dataset's per-shard parquets (one per planned shard, named after it)."""
+    by_shard = {Path(path).stem: Path(path) for path in result_parquets}
+    missing = sorted(set(plan.shards) - set(by_shard))
+    if missing:
+        raise ClipflowError(f"no downloaded parquet for planned shards {missing[:10]}")
+    shards = [shard_accounting(plan, shard, by_shard[shard]) for shard in plan.shards]
     totals = plan.totals()
     failed = Counter()
     for shard in shards:
@@ -54,9 +64,13 @@ def summarize(plan: Plan, shards_folder: Path | str) -> dict:
         "failed": dict(sorted(failed.items())),
         "shards": shards,
     }
-    accounted = summary["duplicates_dropped"] + summary["invalid_dropped"] + summary["downloaded"] + sum(failed.values())
+    accounted = (
+        summary["duplicates_dropped"] + summary["invalid_dropped"] + summary["downloaded"] + sum(failed.values())
+    )
     if accounted != summary["input_rows"]:
-        raise ClipflowError(f"accounting does not add up: {accounted} rows accounted for {summary['input_rows']} input rows")
+        raise ClipflowError(
+            f"accounting does not add up: {accounted} rows accounted for {summary['input_rows']} input rows"
+        )
     return summary
 
 
@@ -87,7 +101,11 @@ def plot_summary(summary: dict, path: Path | str) -> None:
     }
     shards = summary["shards"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1, 2]})
-    left.barh(list(states), list(states.values()), color=["tab:green", "tab:gray", "tab:brown"] + ["tab:red"] * len(summary["failed"]))
+    left.barh(
+        list(states),
+        list(states.values()),
+        color=["tab:green", "tab:gray", "tab:brown"] + ["tab:red"] * len(summary["failed"]),
+    )
     left.invert_yaxis()
     left.set_title(f"{summary['input_rows']:,} input rows")
     left.set_xlabel("rows")

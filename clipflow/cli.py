@@ -14,8 +14,10 @@ def _plan(args) -> None:
 
     plan = make_plan(load_config(args.config), args.plan_dir)
     totals = plan.totals()
-    print(f"{len(plan.shards)} shards; {totals['rows']:,} input rows: {totals['planned']:,} planned, "
-          f"{totals['duplicates']:,} duplicates and {totals['invalid']:,} invalid rows dropped")
+    print(
+        f"{len(plan.shards)} shards; {totals['rows']:,} input rows: {totals['planned']:,} planned, "
+        f"{totals['duplicates']:,} duplicates and {totals['invalid']:,} invalid rows dropped"
+    )
 
 
 def _demo_serve(args) -> None:

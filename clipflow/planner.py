@@ -184,7 +184,9 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
             batch.insert(len(batch.columns) - 1, "source", index)
             dropped = batch[is_duplicate | is_invalid].copy()
             dropped["state"] = np.where(is_invalid[is_duplicate | is_invalid], "invalid", "duplicate")
-            dropped["reason"] = np.where(dropped["state"] == "invalid", "empty url", "repeats an earlier (url, caption)")
+            dropped["reason"] = np.where(
+                dropped["state"] == "invalid", "empty url", "repeats an earlier (url, caption)"
+            )
             dropped_frames.append(dropped)
             shard_writer.add(batch[~(is_duplicate | is_invalid)].reset_index(drop=True))
         dropped = pd.concat(dropped_frames, ignore_index=True) if dropped_frames else pd.DataFrame()

@@ -13,7 +13,14 @@ from clipflow.errors import ClipflowError
 from clipflow.keys import key_to_uid, row_keys
 
 BATCH_ROWS = 100_000
-FORMATS_BY_EXTENSION = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
+FORMATS_BY_EXTENSION = {
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".txt": "txt",
+}
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 
 
@@ -72,9 +79,15 @@ def find_sources(patterns: list[str], configured_format: str = "auto") -> list[S
     for pattern in patterns:
         fs, _ = fsspec.core.url_to_fs(pattern)
         if _is_local(pattern):
-            matches = sorted(glob.glob(pattern)) if _has_magic(pattern) else [pattern] if os.path.exists(pattern) else []
+            matches = (
+                sorted(glob.glob(pattern)) if _has_magic(pattern) else [pattern] if os.path.exists(pattern) else []
+            )
         else:
-            matches = [fs.unstrip_protocol(m) for m in sorted(fs.glob(pattern))] if _has_magic(pattern) else [pattern] if fs.exists(pattern) else []
+            matches = (
+                [fs.unstrip_protocol(m) for m in sorted(fs.glob(pattern))]
+                if _has_magic(pattern)
+                else [pattern] if fs.exists(pattern) else []
+            )
         if not matches:
             raise ClipflowError(f"input.paths: {pattern!r} matches no file")
         for match in matches:
@@ -83,7 +96,9 @@ def find_sources(patterns: list[str], configured_format: str = "auto") -> list[S
             seen.add(match)
             fs, path = fsspec.core.url_to_fs(match)
             if fs.isdir(path):
-                raise ClipflowError(f"{match}: is a directory; name the files or use a glob such as {match.rstrip('/')}/*.parquet")
+                raise ClipflowError(
+                    f"{match}: is a directory; name the files or use a glob such as {match.rstrip('/')}/*.parquet"
+                )
             sources.append(Source(match, _format_of(match, configured_format), str(fs.ukey(path))))
     return sources
 
@@ -111,7 +126,14 @@ def _raw_batches(source: Source, columns: Columns) -> Iterator[pd.DataFrame]:
             chunks = pd.read_json(f, lines=True, dtype=False, chunksize=BATCH_ROWS, encoding_errors="replace")
         else:  # txt: one URL a line
             chunks = pd.read_csv(
-                f, names=["url"], dtype=str, keep_default_na=False, chunksize=BATCH_ROWS, encoding_errors="replace", sep="\x01", quoting=3
+                f,
+                names=["url"],
+                dtype=str,
+                keep_default_na=False,
+                chunksize=BATCH_ROWS,
+                encoding_errors="replace",
+                sep="\x01",
+                quoting=3,
             )
         for chunk in chunks:
             _check_columns(source, columns, list(chunk.columns))
@@ -123,13 +145,17 @@ def _check_columns(source: Source, columns: Columns, present: list[str]) -> None
     roles.update({f"input.keep_cols[{i}]": c for i, c in enumerate(columns.keep)})
     for key, column in roles.items():
         if column is not None and column not in present:
-            hint = " (set input.caption_col: null for a data set without captions)" if key == "input.caption_col" else ""
+            hint = (
+                " (set input.caption_col: null for a data set without captions)" if key == "input.caption_col" else ""
+            )
             raise ClipflowError(f"{source.path}: no column {column!r} for {key}; its columns are {present}{hint}")
 
 
 def _text(values: pd.Series) -> pd.Series:
     """Strings with missing values as ''; bytes decoded leniently so a bad caption never loses its row."""
-    return values.map(lambda v: "" if v is None or v != v else v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+    return values.map(
+        lambda v: "" if v is None or v != v else v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+    )
 
 
 def read_batches(source: Source, columns: Columns) -> Iterator[pd.DataFrame]:
@@ -145,7 +171,9 @@ def read_batches(source: Source, columns: Columns) -> Iterator[pd.DataFrame]:
                 batch["uid"] = _text(raw[columns.uid]).to_numpy()
                 empty = (batch["uid"] == "").to_numpy().nonzero()[0]
                 if len(empty):
-                    raise ClipflowError(f"{source.path}: row {first_row + empty[0]} has an empty uid in column {columns.uid!r}")
+                    raise ClipflowError(
+                        f"{source.path}: row {first_row + empty[0]} has an empty uid in column {columns.uid!r}"
+                    )
             else:
                 batch["uid"] = [key_to_uid(k) for k in keys]
             for column in columns.keep:

@@ -1,4 +1,8 @@
 import os
+import socket
+import subprocess
+import sys
+import time
 
 from snakemake.exceptions import WorkflowError
 
@@ -9,11 +13,6 @@ from clipflow.planner import load_plan, make_plan
 PLAN_DIR = "results/plan"
 SHARDS_DIR = "results/shards"
 DEMO_DIR = "results/demo"
-
-# Rule scripts import clipflow from the workflow's own folder, whatever environment runs them.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])
-)
 
 
 wildcard_constraints:
@@ -41,13 +40,34 @@ def demo_images(wildcards):
     return [f"{DEMO_DIR}/site/images"] if config["demo"]["enabled"] else []
 
 
-def downloaded_shards():
-    return expand(
-        f"{SHARDS_DIR}/{{shard}}{{suffix}}",
-        shard=PLAN.shards,
-        suffix=[".tar", ".parquet", "_stats.json"],
+def start_demo_server():
+    """Serve the demo images while the workflow runs; the server exits with this process."""
+    port = config["demo"]["port"]
+    os.makedirs(f"{DEMO_DIR}/site", exist_ok=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "clipflow.cli", "demo-serve", "--folder", f"{DEMO_DIR}/site"]
+        + ["--port", str(port), "--parent-pid", str(os.getpid())]
     )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise WorkflowError(
+                f"demo server could not start on 127.0.0.1:{port} (in use?); set demo.port"
+            )
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise WorkflowError(f"demo server did not answer on 127.0.0.1:{port} within 30 s")
+
+
+def downloaded_shards(suffix):
+    return expand(f"{SHARDS_DIR}/{{shard}}{suffix}", shard=PLAN.shards)
 
 
 def get_final_outputs():
-    return ["results/summary/download.json", "results/summary/download.png"]
+    # The shards are products in their own right: asking for them makes a deleted one come back.
+    shards = [downloaded_shards(suffix) for suffix in (".tar", ".parquet", "_stats.json")]
+    return [*sum(shards, []), "results/summary/download.json", "results/summary/download.png"]

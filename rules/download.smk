@@ -6,17 +6,17 @@ rule download_shard:
         tar=f"{SHARDS_DIR}/{{shard}}.tar",
         parquet=f"{SHARDS_DIR}/{{shard}}.parquet",
         stats=f"{SHARDS_DIR}/{{shard}}_stats.json",
-    params:
-        options=config["download"],
-        kept_columns=config["input"]["keep_cols"],
     log:
         "logs/download/{shard}.log",
+    conda:
+        "../envs/download.yaml"
     threads: 1
     resources:
         mem_mb=config["download"]["mem_mb"],
         runtime=120,
-    conda:
-        "../envs/download.yaml"
+    params:
+        options=config["download"],
+        kept_columns=config["input"]["keep_cols"],
     script:
         "../scripts/download_shard.py"
 
@@ -24,7 +24,9 @@ rule download_shard:
 rule summarize_downloads:
     input:
         state=f"{PLAN_DIR}/state.json",
-        shards=downloaded_shards(),
+        tars=downloaded_shards(".tar"),
+        parquets=downloaded_shards(".parquet"),
+        stats=downloaded_shards("_stats.json"),
     output:
         summary="results/summary/download.json",
         table="results/summary/download.txt",
@@ -33,15 +35,12 @@ rule summarize_downloads:
             caption="../report/download.rst",
             category="Download",
         ),
-    params:
-        plan_dir=PLAN_DIR,
-        shards_dir=SHARDS_DIR,
     log:
         "logs/summary/download.log",
+    conda:
+        "../envs/clipflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../envs/clipflow.yaml"
     script:
         "../scripts/summarize_downloads.py"

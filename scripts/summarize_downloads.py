@@ -6,7 +6,8 @@ from clipflow.logs import redirect_to_log
 from clipflow.planner import load_plan
 
 with redirect_to_log(snakemake.log[0]):
-    summary = summarize(load_plan(snakemake.params.plan_dir), snakemake.params.shards_dir)
+    plan = load_plan(Path(snakemake.input.state).parent)
+    summary = summarize(plan, snakemake.input.parquets)
     Path(snakemake.output.summary).write_text(json.dumps(summary, indent=1))
     Path(snakemake.output.table).write_text(format_summary(summary) + "\n")
     plot_summary(summary, snakemake.output.plot)

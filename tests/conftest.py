@@ -1,0 +1,89 @@
+import http.server
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SLOW_SECONDS = 4  # past the tests' download timeout
+
+
+def jpeg(size=(320, 240), color=(200, 40, 40), quality=90) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+class PathologicalHandler(http.server.BaseHTTPRequestHandler):
+    """Good images under /good/N.jpg, and every way a real image host misbehaves under other names."""
+
+    def log_message(self, format, *args):  # noqa: A002
+        pass
+
+    def _send(self, status, body, content_type="image/jpeg", headers=()):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 - the base class names it so
+        path = self.path
+        if path.startswith("/good/"):
+            n = int(path.split("/")[-1].split(".")[0])
+            self._send(200, jpeg(color=((n * 37) % 256, (n * 91) % 256, (n * 53) % 256)))
+        elif path == "/error.jpg":
+            self._send(500, b"internal error", "text/plain")
+        elif path == "/slow.jpg":
+            time.sleep(SLOW_SECONDS)
+            self._send(200, jpeg())
+        elif path == "/truncated.jpg":
+            self._send(200, jpeg()[:300])
+        elif path == "/page.jpg":
+            self._send(200, b"<!doctype html><html><body>not an image</body></html>", "text/html")
+        elif path == "/huge.jpg":
+            self._send(200, jpeg(size=(6000, 4000), color=(10, 120, 200)))
+        elif path == "/redirect.jpg":
+            self.send_response(302)
+            self.send_header("Location", "/good/7.jpg")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif path == "/noai.jpg":
+            self._send(200, jpeg(), headers=[("X-Robots-Tag", "noai")])
+        else:
+            self._send(404, b"not found", "text/plain")
+
+
+@pytest.fixture(scope="session")
+def image_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PathologicalHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def write_config(workdir: Path, config: dict) -> Path:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the workflow in `workdir` with its config.yaml, as a user would from the command line."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    command += ["--configfile", str(workdir / "config.yaml"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}")
+    return result

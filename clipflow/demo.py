@@ -2,7 +2,7 @@
 
 Row i is derived from a seeded generator, so the metadata (written while the workflow is parsed) and
 the images (rendered by a rule) agree without sharing state. A few rows are broken on purpose
-(missing files, truncated JPEGs) and a few repeat earlier rows, so the accounting has every state.
+(missing files, truncated JPEGs, an empty url) and a few repeat earlier rows, so the accounting has every state.
 """
 
 import functools
@@ -68,6 +68,7 @@ def metadata(images: int, port: int) -> pd.DataFrame:
         rows.append({"url": f"http://127.0.0.1:{port}/{folder}/{_file_name(index)}", "caption": caption(index)})
         if index % REPEAT_EVERY == REPEAT_EVERY - 1:
             rows.append(dict(rows[len(rows) // 2]))  # an exact repeat of an earlier row
+    rows.append({"url": "", "caption": "a row whose url was lost"})
     return pd.DataFrame(rows)
 
 

@@ -168,6 +168,7 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
         raise ClipflowError(f"input.paths: the files {[s.path for s in sources]} hold no rows")
 
     key_folder = folder / f"keys-{generation}"
+    remove_tree(key_folder)  # an interrupted plan may have left it half written
     previous_keys = KeyStore(folder / f"keys-{state['key_generation']}" if state["key_generation"] else None)
     duplicate_seqs = deduplicate(spill, previous_keys, key_folder)
 

@@ -63,6 +63,12 @@ def start_demo_server():
     raise WorkflowError(f"demo server did not answer on 127.0.0.1:{port} within 30 s")
 
 
+def stop_demo_server(servers):
+    for server in servers:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def downloaded_shards(suffix):
     return expand(f"{SHARDS_DIR}/{{shard}}{suffix}", shard=PLAN.shards)
 

@@ -23,12 +23,10 @@ onstart:
 
 
 onsuccess:
-    for server in DEMO_SERVER:
-        server.terminate()
+    stop_demo_server(DEMO_SERVER)
     if os.path.exists("results/summary/download.txt"):
         print(open("results/summary/download.txt").read())
 
 
 onerror:
-    for server in DEMO_SERVER:
-        server.terminate()
+    stop_demo_server(DEMO_SERVER)

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install --quiet --disable-pip-version-check -r requirements.lock "pytest==9.2.0"
+.venv/bin/pip install --quiet --disable-pip-version-check -r requirements.lock -r requirements-test.lock
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e .

@@ -186,3 +186,10 @@ def test_killed_download_leaves_no_complete_shard(tmp_path, image_server):
     process.wait()
     assert not list((tmp_path / "results/shards").glob("00000000*")), "a killed download left shard files"
     assert "download_shard[00000000]" in jobs_in_dry_run(tmp_path)
+
+
+def test_report_holds_the_accounting_plot(workflow_run):
+    workdir, _ = workflow_run
+    run_snakemake(workdir, "--report", "report.html")
+    html = (workdir / "report.html").read_text()
+    assert "download.png" in html and "Download" in html

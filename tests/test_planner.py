@@ -1,0 +1,152 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import clipflow.planner
+import clipflow.reader
+from clipflow.errors import ClipflowError
+from clipflow.planner import load_plan, make_plan
+
+
+def config(paths, samples_per_shard=1000, **input_overrides):
+    input_config = {"paths": paths, "format": "auto", "url_col": "url", "caption_col": "caption", "uid_col": None}
+    input_config.update({"keep_cols": [], **input_overrides})
+    return {"input": input_config, "plan": {"samples_per_shard": samples_per_shard}}
+
+
+def random_metadata(rng, rows, distinct):
+    """Rows drawn from `distinct` (url, caption) pairs, so many repeat; some urls share a caption-less twin."""
+    picks = rng.integers(0, distinct, rows)
+    return pd.DataFrame({"url": [f"http://h/{p // 2}.jpg" for p in picks], "caption": [f"c{p % 2}" for p in picks]})
+
+
+def planned_rows(plan):
+    return pd.concat([pd.read_parquet(plan.shard_path(s)) for s in plan.shards], ignore_index=True)
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    monkeypatch.setattr(clipflow.reader, "BATCH_ROWS", 997)  # many batches, none aligned with shards
+
+
+def test_dedup_keeps_first_occurrences_across_files_like_pandas(tmp_path, small_batches):
+    rng = np.random.default_rng(0)
+    frames = [random_metadata(rng, 12_000, 9_000) for _ in range(3)]
+    paths = []
+    for i, frame in enumerate(frames):
+        frame.to_parquet(tmp_path / f"part-{i}.parquet")
+        paths.append(str(tmp_path / f"part-{i}.parquet"))
+    plan = make_plan(config(paths, samples_per_shard=2_500), tmp_path / "plan")
+
+    everything = pd.concat(frames, ignore_index=True)
+    expected = everything.drop_duplicates(["url", "caption"], keep="first")
+    rows = planned_rows(plan)
+    assert rows["url"].tolist() == expected["url"].tolist()
+    assert rows["caption"].tolist() == expected["caption"].tolist()
+    assert plan.totals() == {
+        "rows": 36_000,
+        "duplicates": 36_000 - len(expected),
+        "invalid": 0,
+        "planned": len(expected),
+    }
+    sizes = [s["rows"] for s in plan.state["shards"]]
+    assert sizes[:-1] == [2_500] * (len(sizes) - 1) and 0 < sizes[-1] <= 2_500
+    assert plan.shards == [f"{i:08d}" for i in range(len(sizes))]
+    dropped = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "plan/dropped").glob("*.parquet"))])
+    assert len(dropped) == 36_000 - len(expected) and set(dropped["state"]) == {"duplicate"}
+    # every input row is in exactly one place: a shard or the dropped list
+    traced = pd.concat([rows[["source", "source_row"]], dropped[["source", "source_row"]]])
+    assert len(traced.drop_duplicates()) == 36_000
+
+
+def test_rows_without_url_are_dropped_as_invalid(tmp_path):
+    pd.DataFrame({"url": ["http://h/1.jpg", "", "  ", None], "caption": ["a", "b", "c", "d"]}).to_parquet(
+        tmp_path / "m.parquet"
+    )
+    plan = make_plan(config([str(tmp_path / "m.parquet")]), tmp_path / "plan")
+    assert plan.totals() == {"rows": 4, "duplicates": 0, "invalid": 3, "planned": 1}
+    dropped = pd.read_parquet(tmp_path / "plan/dropped/00000.parquet")
+    assert dropped["source_row"].tolist() == [1, 2, 3] and set(dropped["reason"]) == {"empty url"}
+
+
+def test_new_files_append_shards_and_never_renumber(tmp_path):
+    rng = np.random.default_rng(1)
+    first, second = random_metadata(rng, 3_000, 2_000), random_metadata(rng, 3_000, 2_000)
+    first.to_csv(tmp_path / "a.csv", index=False)
+    cfg = config([str(tmp_path / "*.csv")], samples_per_shard=700)
+    plan = make_plan(cfg, tmp_path / "plan")
+    old_shards = {s: plan.shard_path(s).read_bytes() for s in plan.shards}
+    old_mtimes = {s: plan.shard_path(s).stat().st_mtime_ns for s in plan.shards}
+
+    again = make_plan(cfg, tmp_path / "plan")  # nothing new: a no-op
+    assert again.state == plan.state
+    assert {s: again.shard_path(s).stat().st_mtime_ns for s in again.shards} == old_mtimes
+
+    second.to_csv(tmp_path / "b.csv", index=False)
+    grown = make_plan(cfg, tmp_path / "plan")
+    assert grown.shards[: len(old_shards)] == list(old_shards)
+    assert {s: grown.shard_path(s).read_bytes() for s in old_shards} == old_shards
+    assert {s: grown.shard_path(s).stat().st_mtime_ns for s in old_shards} == old_mtimes
+    # The grown plan holds exactly what planning both files at once would, in the same order.
+    fresh = make_plan(cfg, tmp_path / "fresh")
+    assert planned_rows(grown)[["url", "caption"]].equals(planned_rows(fresh)[["url", "caption"]])
+    assert grown.totals() == fresh.totals()
+
+
+def test_changed_planned_file_is_refused(tmp_path):
+    pd.DataFrame({"url": ["http://h/1.jpg"], "caption": ["a"]}).to_csv(tmp_path / "a.csv", index=False)
+    cfg = config([str(tmp_path / "a.csv")])
+    make_plan(cfg, tmp_path / "plan")
+    pd.DataFrame({"url": ["http://h/2.jpg"], "caption": ["b"]}).to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(ClipflowError, match=r"a\.csv: changed since it was planned"):
+        make_plan(cfg, tmp_path / "plan")
+
+
+def test_changed_settings_are_refused(tmp_path):
+    pd.DataFrame({"url": ["http://h/1.jpg"], "caption": ["a"]}).to_csv(tmp_path / "a.csv", index=False)
+    make_plan(config([str(tmp_path / "a.csv")]), tmp_path / "plan")
+    with pytest.raises(ClipflowError, match="delete .*plan to plan again"):
+        make_plan(config([str(tmp_path / "a.csv")], samples_per_shard=5), tmp_path / "plan")
+
+
+def test_empty_input_is_an_error(tmp_path):
+    (tmp_path / "empty.csv").write_text("url,caption\n")
+    with pytest.raises(ClipflowError, match="hold no rows"):
+        make_plan(config([str(tmp_path / "empty.csv")]), tmp_path / "plan")
+    assert not (tmp_path / "plan/state.json").exists()
+
+
+def test_interrupted_plan_leaves_the_previous_plan_whole(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    random_metadata(rng, 2_000, 1_500).to_csv(tmp_path / "a.csv", index=False)
+    cfg = config([str(tmp_path / "*.csv")], samples_per_shard=300)
+    before = make_plan(cfg, tmp_path / "plan").state
+    random_metadata(rng, 2_000, 1_500).to_csv(tmp_path / "b.csv", index=False)
+
+    real_deduplicate = clipflow.planner.deduplicate
+
+    def crash_after_dedup(*args):
+        real_deduplicate(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(clipflow.planner, "deduplicate", crash_after_dedup)
+    with pytest.raises(KeyboardInterrupt):
+        make_plan(cfg, tmp_path / "plan")
+    assert load_plan(tmp_path / "plan").state == before
+    monkeypatch.setattr(clipflow.planner, "deduplicate", real_deduplicate)
+    resumed = make_plan(cfg, tmp_path / "plan")
+    fresh = make_plan(cfg, tmp_path / "fresh")
+    assert resumed.totals() == fresh.totals()
+    assert planned_rows(resumed)["uid"].tolist() == planned_rows(fresh)["uid"].tolist()
+    assert sorted(p.name for p in (tmp_path / "plan").iterdir()) == ["dropped", "keys-2", "shards", "state.json"]
+
+
+def test_state_records_sources_with_counts(tmp_path):
+    pd.DataFrame({"url": ["http://h/1.jpg", "http://h/1.jpg"], "caption": ["a", "a"]}).to_csv(
+        tmp_path / "a.csv", index=False
+    )
+    make_plan(config([str(tmp_path / "a.csv")]), tmp_path / "plan")
+    (source,) = json.loads((tmp_path / "plan/state.json").read_text())["sources"]
+    assert (source["rows"], source["duplicates"], source["planned"], source["format"]) == (2, 1, 1, "csv")

@@ -1,0 +1,129 @@
+"""The CLIP model: fetched once where the network is, then loaded offline from a local file by every job.
+
+`fetch_model` writes a manifest (JSON) naming the weights file and its sha256; `load_model` reads only
+that manifest and the file it names, so compute nodes without internet never reach a model hub.
+"""
+
+import hashlib
+import json
+import logging
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+
+import clipflow
+from clipflow.errors import ClipflowError
+
+log = logging.getLogger(__name__)
+RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: pretrained is 'none', embeddings carry no meaning beyond this run's tests"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_model(embed_config: dict, manifest_path: Path | str) -> dict:
+    """Make the configured weights local and describe them in `manifest_path` (needs the network for a tag)."""
+    arch, tag, checkpoint = embed_config["model"], embed_config["pretrained"], embed_config["checkpoint"]
+    if arch not in open_clip.list_models():
+        raise ClipflowError(f"embed.model: unknown open_clip architecture {arch!r}")
+    manifest = {"model": arch, "pretrained": tag, "checkpoint": None, "sha256": None, "random_weights": False}
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise ClipflowError(f"embed.checkpoint: {checkpoint} is not a file")
+        manifest.update(pretrained=None, checkpoint=str(path.resolve()), sha256=_sha256(path))
+    elif tag == "none":
+        manifest.update(pretrained=None, random_weights=True)
+        log.warning(RANDOM_WEIGHTS_WARNING)
+    else:
+        config = open_clip.get_pretrained_cfg(arch, tag)
+        if not config:
+            known = [t for a, t in open_clip.list_pretrained() if a == arch]
+            raise ClipflowError(f"embed.pretrained: {arch} has no pretrained tag {tag!r}; known tags: {known}")
+        try:
+            path = Path(open_clip.download_pretrained(config, cache_dir=embed_config["cache_dir"]))
+        except Exception as error:  # the hub's own errors do not say which setting led here
+            raise ClipflowError(f"embed.pretrained: could not fetch {arch}/{tag} weights: {error}") from error
+        manifest.update(checkpoint=str(path.resolve()), sha256=_sha256(path))
+        manifest.update(image_mean=config.get("mean"), image_std=config.get("std"))
+    Path(manifest_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(manifest_path).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ClipflowError("embed.device: cuda was asked for but torch sees no GPU")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    return name
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    preprocess: object
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    provenance: dict
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        features = self.model.encode_image(pixels.to(self.device, self.dtype, non_blocking=True))
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        features = self.model.encode_text(tokens.to(self.device, non_blocking=True))
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_model(manifest_path: Path | str, device: str = "auto", precision: str = "auto") -> LoadedModel:
+    """Load the model a manifest describes, offline; checks the weights file against its recorded hash."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    torch_device = resolve_device(device)
+    precision = resolve_precision(precision, torch_device)
+    kwargs = {}
+    if manifest["checkpoint"]:
+        path = Path(manifest["checkpoint"])
+        if not path.is_file() or _sha256(path) != manifest["sha256"]:
+            raise ClipflowError(f"{manifest_path}: weights file {path} is missing or changed; run the fetch_model rule again")
+        if manifest.get("image_mean"):
+            kwargs.update(image_mean=tuple(manifest["image_mean"]), image_std=tuple(manifest["image_std"]))
+    else:
+        log.warning(RANDOM_WEIGHTS_WARNING)
+        torch.manual_seed(0)  # random, but the same random model in every job
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        manifest["model"], pretrained=manifest["checkpoint"], device=torch_device, precision=precision, **kwargs
+    )
+    model.eval()
+    provenance = {
+        **manifest,
+        "device": str(torch_device),
+        "precision": precision,
+        "versions": {
+            "clipflow": clipflow.__version__,
+            "open_clip": open_clip.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    return LoadedModel(model, preprocess, open_clip.get_tokenizer(manifest["model"]), torch_device, DTYPES[precision], provenance)

@@ -17,6 +17,8 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/download.smk"
+include: "rules/embed.smk"
+include: "rules/index.smk"
 
 
 rule all:

@@ -20,6 +20,15 @@ def _plan(args) -> None:
     )
 
 
+def _query(args) -> None:
+    from clipflow.query import format_results, run_query
+
+    if bool(args.text) == bool(args.image):
+        raise ClipflowError("give either a text query or --image PATH_OR_URL")
+    results = run_query(args.index, args.text, args.image, args.modality, args.k)
+    print(format_results(results, args.format))
+
+
 def _demo_serve(args) -> None:
     from clipflow.demo import serve
 
@@ -34,6 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     plan.add_argument("--config", default="config/config.yaml")
     plan.add_argument("--plan-dir", default="results/plan")
     plan.set_defaults(run=_plan)
+
+    query = commands.add_parser("query", help="nearest neighbours of a text or an image")
+    query.add_argument("text", nargs="?", help="a text query")
+    query.add_argument("--image", help="an image file or http(s) URL to query with")
+    query.add_argument("--index", default="results/index", help="the index folder the workflow wrote")
+    query.add_argument("--modality", choices=["image", "text"], default="image", help="which embeddings to search")
+    query.add_argument("-k", type=int, default=10, help="how many results")
+    query.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
+    query.set_defaults(run=_query)
 
     demo = commands.add_parser("demo-serve", help="serve the demo images on 127.0.0.1 (started by the workflow)")
     demo.add_argument("--folder", required=True)

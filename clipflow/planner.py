@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from clipflow.dedup import KeySpill, KeyStore, deduplicate, remove_tree
 from clipflow.errors import ClipflowError
-from clipflow.reader import Columns, find_sources, read_batches
+from clipflow.reader import Columns, content_hash, find_sources, read_batches
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,12 @@ def _settings(config: dict) -> dict:
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    os.replace(tmp, path)
+
+
+def _write_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
     os.replace(tmp, path)
 
 
@@ -126,7 +132,10 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
     current = {source.path: source for source in sources}
     for planned in state["sources"]:
         source = current.get(planned["path"])
-        if source is None or source.fingerprint != planned["fingerprint"]:
+        if source and source.fingerprint != planned["fingerprint"] and content_hash(source.path) == planned["sha256"]:
+            planned["fingerprint"] = source.fingerprint  # copied or touched, same bytes
+            _write_state(state_path, state)
+        elif source is None or source.fingerprint != planned["fingerprint"]:
             change = "is gone" if source is None else "changed"
             raise ClipflowError(
                 f"{planned['path']}: {change} since it was planned into shards ({state_path}); restore it, or delete "
@@ -198,6 +207,7 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
                 "path": source.path,
                 "format": source.format,
                 "fingerprint": source.fingerprint,
+                "sha256": content_hash(source.path),
                 "rows": rows,
                 "duplicates": duplicates,
                 "invalid": invalid,
@@ -213,9 +223,7 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
         "shards": state["shards"] + new_shards,
         "key_generation": generation,
     }
-    tmp = state_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, state_path)  # the commit point: before it, the previous plan stands whole
+    _write_state(state_path, state)  # the commit point: before it, the previous plan stands whole
     remove_tree(old_key_folder)
     remove_tree(work)
     plan = Plan(folder, state)

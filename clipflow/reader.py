@@ -1,6 +1,7 @@
 """Ingest: find the metadata files and read them as batches of (url, caption, uid, kept columns)."""
 
 import glob
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -51,6 +52,17 @@ class Source:
     path: str
     format: str
     fingerprint: str
+
+
+def content_hash(path: str) -> str | None:
+    """sha256 of a local file's bytes (None for remote files): tells a copied or touched file from a changed one."""
+    if not _is_local(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _is_local(path: str) -> bool:

@@ -13,10 +13,16 @@ from clipflow.planner import load_plan, make_plan
 PLAN_DIR = "results/plan"
 SHARDS_DIR = "results/shards"
 DEMO_DIR = "results/demo"
+EMBEDDINGS_DIR = "results/embeddings"
+INDEX_DIR = "results/index"
+MODEL_MANIFEST = "results/model.json"
+EMBEDDING_SUFFIXES = {"image": "npy", "text": "npy", "metadata": "parquet", "info": "json"}
 
 
 wildcard_constraints:
     shard=r"\d{8}",
+    chunk=r"\d{8}",
+    modality="image|text",
 
 
 def current_plan():
@@ -34,6 +40,11 @@ def current_plan():
 
 
 PLAN = current_plan()
+# Embedding jobs take consecutive shards, named after the first: the model loads once per chunk.
+CHUNKS = {
+    PLAN.shards[i]: PLAN.shards[i : i + config["embed"]["shards_per_job"]]
+    for i in range(0, len(PLAN.shards), config["embed"]["shards_per_job"])
+}
 
 
 def demo_images(wildcards):
@@ -73,7 +84,22 @@ def downloaded_shards(suffix):
     return expand(f"{SHARDS_DIR}/{{shard}}{suffix}", shard=PLAN.shards)
 
 
+def chunk_tars(wildcards):
+    return [f"{SHARDS_DIR}/{shard}.tar" for shard in CHUNKS[wildcards.chunk]]
+
+
+def chunk_outputs(kind):
+    return expand(f"{EMBEDDINGS_DIR}/{kind}/{{chunk}}.{EMBEDDING_SUFFIXES[kind]}", chunk=CHUNKS)
+
+
 def get_final_outputs():
-    # The shards are products in their own right: asking for them makes a deleted one come back.
+    # Shards and embeddings are products in their own right: asking for them makes a deleted one come back.
     shards = [downloaded_shards(suffix) for suffix in (".tar", ".parquet", "_stats.json")]
-    return [*sum(shards, []), "results/summary/download.json", "results/summary/download.png"]
+    embeddings = [chunk_outputs(kind) for kind in EMBEDDING_SUFFIXES]
+    index = expand(
+        f"{INDEX_DIR}/{{name}}", name=["image.index", "text.index", "metadata.arrow", "model.json"]
+    )
+    summaries = expand(
+        "results/summary/{name}", name=["download.json", "download.png", "embeddings.json"]
+    )
+    return [*sum(shards, []), *sum(embeddings, []), *index, *summaries]

@@ -150,3 +150,13 @@ def test_state_records_sources_with_counts(tmp_path):
     make_plan(config([str(tmp_path / "a.csv")]), tmp_path / "plan")
     (source,) = json.loads((tmp_path / "plan/state.json").read_text())["sources"]
     assert (source["rows"], source["duplicates"], source["planned"], source["format"]) == (2, 1, 1, "csv")
+
+
+def test_copied_or_touched_file_with_same_bytes_is_accepted(tmp_path):
+    import os
+
+    pd.DataFrame({"url": ["http://h/1.jpg"], "caption": ["a"]}).to_csv(tmp_path / "a.csv", index=False)
+    cfg = config([str(tmp_path / "a.csv")])
+    before = make_plan(cfg, tmp_path / "plan").shards
+    os.utime(tmp_path / "a.csv", (1, 1))
+    assert make_plan(cfg, tmp_path / "plan").shards == before

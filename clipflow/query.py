@@ -1,0 +1,35 @@
+"""`clipflow query`: nearest neighbours of a text or an image in an index folder."""
+
+import json
+
+from clipflow.model import load_model
+from clipflow.searcher import ClipIndex, load_image
+
+OUTPUT_COLUMNS = ("rank", "similarity", "id", "uid", "url", "caption")
+
+
+def run_query(index_folder, text: str | None, image: str | None, modality: str, k: int) -> list[dict]:
+    index = ClipIndex(index_folder)
+    index.index(modality)  # a missing index fails before the model loads
+    model = load_model(index.model_manifest)
+    if image:
+        pixels = model.preprocess(load_image(image)).unsqueeze(0)
+        vector = model.encode_images(pixels).cpu().numpy()
+    else:
+        vector = model.encode_texts(model.tokenizer([text])).cpu().numpy()
+    similarities, ids = index.search(vector, modality, k)
+    found = ids[0] >= 0
+    rows = index.rows(ids[0][found])
+    return [
+        {"rank": rank, "similarity": float(similarity), "id": int(row_id), **{c: row.get(c) for c in OUTPUT_COLUMNS[3:]}}
+        for rank, (similarity, row_id, row) in enumerate(zip(similarities[0][found], ids[0][found], rows), start=1)
+    ]
+
+
+def format_results(results: list[dict], style: str) -> str:
+    if style == "jsonl":
+        return "\n".join(json.dumps(r, ensure_ascii=False) for r in results)
+    lines = [f"{'rank':>4}  {'similarity':>10}  {'id':>8}  caption / url"]
+    for r in results:
+        lines.append(f"{r['rank']:>4}  {r['similarity']:>10.4f}  {r['id']:>8}  {r['caption']}  <{r['url']}>")
+    return "\n".join(lines)

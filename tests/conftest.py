@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -15,9 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 SLOW_SECONDS = 4  # past the tests' download timeout
 
 
-def jpeg(size=(320, 240), color=(200, 40, 40), quality=90) -> bytes:
+def jpeg(size=(320, 240), color=(200, 40, 40), quality=90, seed=None) -> bytes:
+    """A solid image, or with a seed a noise texture tinted by `color` (distinct even to a random model)."""
+    if seed is None:
+        image = Image.new("RGB", size, color)
+    else:
+        noise = np.random.default_rng(seed).integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+        image = Image.fromarray(((noise.astype(np.uint16) + color) // 2).astype(np.uint8)).resize(size)
     buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="JPEG", quality=quality)
+    image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 
@@ -40,7 +47,7 @@ class PathologicalHandler(http.server.BaseHTTPRequestHandler):
         path = self.path
         if path.startswith("/good/"):
             n = int(path.split("/")[-1].split(".")[0])
-            self._send(200, jpeg(color=((n * 37) % 256, (n * 91) % 256, (n * 53) % 256)))
+            self._send(200, jpeg(color=((n * 37) % 256, (n * 91) % 256, (n * 53) % 256), seed=n))
         elif path == "/error.jpg":
             self._send(500, b"internal error", "text/plain")
         elif path == "/slow.jpg":

@@ -9,11 +9,17 @@ import sys
 import time
 from pathlib import Path
 
+import urllib.request
+
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import webdataset as wds
 
 from clipflow.accounting import failure_reason
+from clipflow.model import load_model
+from clipflow.searcher import ClipIndex
 from conftest import REPO, run_snakemake, write_config
 
 # (path on the test server, caption, expected final state)
@@ -33,7 +39,9 @@ ROWS = [
     ("", "a row without a url", "invalid"),
     ("/good/3.jpg", "good again", "success"),
     ("/good/1.jpg", "another good image", "duplicate"),
-]
+] + [
+    (f"/gone/{i}.jpg", f"lost image {i}", "http 404") for i in range(5)
+]  # the last shard fails whole
 
 
 def write_metadata(path: Path, server: str, rows) -> None:
@@ -50,6 +58,7 @@ def workflow_run(tmp_path_factory, image_server):
         "input": {"paths": ["metadata.csv"]},
         "plan": {"samples_per_shard": 5},
         "download": {"timeout": 2, "threads": 8, "image_size": 64},
+        "embed": {"model": "ViT-S-32", "pretrained": "none", "batch_size": 4, "workers": 1, "shards_per_job": 1},
     }
     write_config(workdir, config)
     result = run_snakemake(workdir, "--cores", "2")
@@ -94,7 +103,8 @@ def test_summary_adds_up_per_shard_and_in_total(workflow_run):
     assert summary["invalid_dropped"] == 1
     assert summary["downloaded"] == sum(state == "success" for *_, state in ROWS)
     assert summary["failed"] == expected_failed
-    assert [s["shard"] for s in summary["shards"]] == ["00000000", "00000001", "00000002"]
+    assert [s["shard"] for s in summary["shards"]] == ["00000000", "00000001", "00000002", "00000003"]
+    assert summary["shards"][-1]["downloaded"] == 0
     for shard in summary["shards"]:
         stats = json.loads((workdir / f"results/shards/{shard['shard']}_stats.json").read_text())
         assert shard["downloaded"] == stats["successes"]
@@ -106,7 +116,7 @@ def test_summary_adds_up_per_shard_and_in_total(workflow_run):
 def test_shards_are_valid_webdatasets_with_uids(workflow_run):
     workdir, _ = workflow_run
     tars = sorted(str(p) for p in (workdir / "results/shards").glob("*.tar"))
-    assert [Path(t).name for t in tars] == ["00000000.tar", "00000001.tar", "00000002.tar"]
+    assert [Path(t).name for t in tars] == ["00000000.tar", "00000001.tar", "00000002.tar", "00000003.tar"]
     samples = list(wds.WebDataset(tars, shardshuffle=False).decode("pil"))
     results = shard_results(workdir)
     successes = results[results["status"] == "success"]
@@ -130,7 +140,127 @@ def jobs_in_dry_run(workdir: Path) -> list[str]:
         if rule:
             shard = re.search(r"wildcards: shard=(\d+)", block)
             jobs.append(rule.group(1) + (f"[{shard.group(1)}]" if shard else ""))
+            chunk = re.search(r"wildcards: chunk=(\d+)", block)
+            jobs[-1] += f"[{chunk.group(1)}]" if chunk else ""
     return sorted(jobs)
+
+
+# --- embeddings, indices, queries -------------------------------------------------------------
+
+
+def embedded(workdir: Path):
+    """The concatenated embeddings and metadata of every chunk, in index order."""
+    chunks = sorted(p.stem for p in (workdir / "results/embeddings/metadata").glob("*.parquet"))
+    load = lambda kind: np.concatenate([np.load(workdir / f"results/embeddings/{kind}/{c}.npy") for c in chunks])
+    metadata = pd.concat([pd.read_parquet(workdir / f"results/embeddings/metadata/{c}.parquet") for c in chunks])
+    return load("image"), load("text"), metadata.reset_index(drop=True)
+
+
+def test_embeddings_are_normalized_float16_aligned_with_downloads(workflow_run):
+    workdir, _ = workflow_run
+    image, text, metadata = embedded(workdir)
+    successes = shard_results(workdir).query("status == 'success'")
+    assert image.dtype == text.dtype == np.float16 and image.shape == text.shape == (len(successes), 384)
+    assert np.allclose(np.linalg.norm(image.astype(np.float32), axis=1), 1, atol=2e-3)
+    assert sorted(metadata["uid"]) == sorted(successes["uid"])
+    assert list(metadata.columns) == ["uid", "url", "caption", "key", "shard"]
+    info = json.loads((workdir / "results/embeddings/info/00000003.json").read_text())
+    assert info["embedded"] == 0 and info["shards"] == ["00000003"]  # the shard whose downloads all failed
+    assert info["provenance"]["random_weights"] is True and info["provenance"]["versions"]["open_clip"]
+
+
+def test_each_row_finds_itself_first_from_its_own_image_and_caption(workflow_run):
+    """Re-embeds every row's image (from its tar) and caption; any shuffle between rows would show."""
+    workdir, _ = workflow_run
+    _, _, metadata = embedded(workdir)
+    index = ClipIndex(workdir / "results/index")
+    model = load_model(workdir / "results/index/model.json")
+    tars = sorted(str(p) for p in (workdir / "results/shards").glob("*.tar"))
+    images = {s["__key__"]: s["jpg"] for s in wds.WebDataset(tars, shardshuffle=False).decode("pil")}
+    pixels = torch.stack([model.preprocess(images[key]) for key in metadata["key"]])
+    image_vectors = model.encode_images(pixels).numpy()
+    text_vectors = model.encode_texts(model.tokenizer(metadata["caption"].tolist())).numpy()
+    for modality, vectors in (("image", image_vectors), ("text", text_vectors)):
+        _, ids = index.search(vectors, modality, 1)
+        assert ids[:, 0].tolist() == list(range(len(metadata))), modality
+        found = index.rows(ids[:, 0])
+        assert [r["uid"] for r in found] == metadata["uid"].tolist()
+        assert [(r["url"], r["caption"]) for r in found] == list(zip(metadata["url"], metadata["caption"]))
+
+
+def test_exact_index_matches_brute_force(workflow_run):
+    workdir, _ = workflow_run
+    image, _, _ = embedded(workdir)
+    index = ClipIndex(workdir / "results/index")
+    assert json.loads((workdir / "results/index/image.infos.json").read_text())["index_key"] == "Flat"
+    queries = np.random.default_rng(0).standard_normal((20, image.shape[1])).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    k = 5
+    similarities, ids = index.search(queries, "image", k)
+    brute = queries @ image.astype(np.float32).T
+    assert ids.tolist() == np.argsort(-brute, axis=1)[:, :k].tolist()
+    assert np.allclose(similarities, np.sort(brute, axis=1)[:, ::-1][:, :k], atol=1e-5)
+
+
+def clipflow_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "clipflow.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_query_cli_text_image_file_and_url(workflow_run, image_server):
+    workdir, _ = workflow_run
+    result = clipflow_cli("query", "another good image", "--modality", "text", "-k", "3", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["rank"] for r in lines] == [1, 2, 3] and lines[0]["caption"] == "another good image"
+    assert lines[0]["similarity"] >= lines[1]["similarity"] >= lines[2]["similarity"]
+    assert set(lines[0]) == {"rank", "similarity", "id", "uid", "url", "caption"}
+
+    image_file = workdir / "query.jpg"
+    image_file.write_bytes(urllib.request.urlopen(image_server + "/good/1.jpg").read())
+    by_file = clipflow_cli("query", "--image", str(image_file), "-k", "1", cwd=workdir)
+    by_url = clipflow_cli("query", "--image", image_server + "/good/1.jpg", "-k", "1", "--format", "table", cwd=workdir)
+    assert by_file.returncode == by_url.returncode == 0, by_file.stderr + by_url.stderr
+    assert json.loads(by_file.stdout)["url"] == image_server + "/good/1.jpg"
+    assert "another good image" in by_url.stdout.splitlines()[1]
+
+
+def test_query_cli_bad_inputs(workflow_run, tmp_path, image_server):
+    workdir, _ = workflow_run
+    missing = clipflow_cli("query", "--index", str(tmp_path / "nowhere"), "a cat", cwd=workdir)
+    assert missing.returncode == 1 and "nowhere: not an index folder" in missing.stderr
+    (tmp_path / "notes.txt").write_text("not an image")
+    unreadable = clipflow_cli("query", "--image", str(tmp_path / "notes.txt"), cwd=workdir)
+    assert unreadable.returncode == 1 and "notes.txt: cannot read an image" in unreadable.stderr
+    gone = clipflow_cli("query", "--image", image_server + "/missing.jpg", cwd=workdir)
+    assert gone.returncode == 1 and "missing.jpg: cannot read an image: HTTP Error 404" in gone.stderr
+    neither = clipflow_cli("query", cwd=workdir)
+    assert neither.returncode == 1 and "give either a text query or --image" in neither.stderr
+
+
+def test_deleting_one_chunks_embeddings_reruns_it_and_the_index_only(workflow_run):
+    workdir, _ = workflow_run
+    (workdir / "results/embeddings/image/00000002.npy").unlink()
+    assert jobs_in_dry_run(workdir) == [
+        "all",
+        "build_index",
+        "build_index",
+        "embed_chunk[00000002]",
+        "index_metadata",
+        "summarize_embeddings",
+    ]
+    run_snakemake(workdir, "--cores", "2")
+    assert jobs_in_dry_run(workdir) == []
+
+
+def test_embedding_summary_and_report(workflow_run):
+    workdir, _ = workflow_run
+    summary = json.loads((workdir / "results/summary/embeddings.json").read_text())
+    assert summary["embedded"] == len(embedded(workdir)[2]) and summary["decode_failed"] == 0
+    assert [job["chunk"] for job in summary["jobs"]] == ["00000000", "00000001", "00000002", "00000003"]
+    assert -1 <= summary["image_text_similarity"]["mean"] <= 1
+    run_snakemake(workdir, "--report", "report.html")
+    html = (workdir / "report.html").read_text()
+    assert all(name in html for name in ("download.png", "embedding_throughput.png", "image_text_similarity.png"))
 
 
 def test_rerun_is_a_no_op(workflow_run):
@@ -145,7 +275,16 @@ def test_deleting_one_tar_reruns_exactly_that_shard(workflow_run):
     shards = workdir / "results/shards"
     before = {p.name: p.stat().st_mtime_ns for p in shards.iterdir() if p.is_file()}
     (shards / "00000001.tar").unlink()
-    assert jobs_in_dry_run(workdir) == ["all", "download_shard[00000001]", "summarize_downloads"]
+    assert jobs_in_dry_run(workdir) == [
+        "all",
+        "build_index",
+        "build_index",
+        "download_shard[00000001]",
+        "embed_chunk[00000001]",
+        "index_metadata",
+        "summarize_downloads",
+        "summarize_embeddings",
+    ]
     run_snakemake(workdir, "--cores", "2")
     after = {p.name: p.stat().st_mtime_ns for p in shards.iterdir() if p.is_file()}
     changed = sorted(name for name in before if before[name] != after[name])
@@ -159,12 +298,16 @@ def test_new_input_file_adds_shards_without_renumbering(workflow_run, image_serv
     write_metadata(workdir / "more.csv", image_server, extra)
     config_path = workdir / "config.yaml"
     config_path.write_text(config_path.read_text().replace("- metadata.csv", "- metadata.csv\n  - more.csv"))
-    assert jobs_in_dry_run(workdir) == ["all", "download_shard[00000003]", "summarize_downloads"]
+    jobs = jobs_in_dry_run(workdir)
+    assert [job for job in jobs if job.startswith(("download", "embed"))] == [
+        "download_shard[00000004]",
+        "embed_chunk[00000004]",
+    ]
     run_snakemake(workdir, "--cores", "2")
     summary = json.loads((workdir / "results/summary/download.json").read_text())
     assert summary["input_rows"] == len(ROWS) + 2
     assert summary["duplicates_dropped"] == 3
-    assert pd.read_parquet(workdir / "results/plan/shards/00000003.parquet")["url"].tolist() == [
+    assert pd.read_parquet(workdir / "results/plan/shards/00000004.parquet")["url"].tolist() == [
         image_server + "/good/10.jpg"
     ]
 
@@ -172,7 +315,8 @@ def test_new_input_file_adds_shards_without_renumbering(workflow_run, image_serv
 def test_killed_download_leaves_no_complete_shard(tmp_path, image_server):
     rows = [("/slow.jpg", "slow", "timeout"), ("/good/5.jpg", "fine", "success")]
     write_metadata(tmp_path / "metadata.csv", image_server, rows)
-    write_config(tmp_path, {"input": {"paths": ["metadata.csv"]}, "download": {"timeout": 30}})
+    embed = {"model": "ViT-S-32", "pretrained": "none"}
+    write_config(tmp_path, {"input": {"paths": ["metadata.csv"]}, "download": {"timeout": 30}, "embed": embed})
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
     command += ["--configfile", str(tmp_path / "config.yaml"), "--cores", "1"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -186,10 +330,3 @@ def test_killed_download_leaves_no_complete_shard(tmp_path, image_server):
     process.wait()
     assert not list((tmp_path / "results/shards").glob("00000000*")), "a killed download left shard files"
     assert "download_shard[00000000]" in jobs_in_dry_run(tmp_path)
-
-
-def test_report_holds_the_accounting_plot(workflow_run):
-    workdir, _ = workflow_run
-    run_snakemake(workdir, "--report", "report.html")
-    html = (workdir / "report.html").read_text()
-    assert "download.png" in html and "Download" in html

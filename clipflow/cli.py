@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     demo.set_defaults(run=_demo_serve)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # Progress for the long-running plan; otherwise only warnings (the random-weights one among them).
+    logging.basicConfig(
+        level=logging.INFO if args.command == "plan" else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     try:
         args.run(args)
     except ClipflowError as error:

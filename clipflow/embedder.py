@@ -115,8 +115,13 @@ def embed_chunk(tars: list[Path | str], manifest: Path | str, options: dict, kep
     _write_atomically(outputs.text, lambda f: np.save(f, text))
     _write_atomically(outputs.metadata, lambda f: metadata.to_parquet(f, index=False))
     _write_atomically(outputs.info, lambda f: f.write(json.dumps(info, indent=1).encode()))
-    log.info("embedded %d samples from %d shards at %.0f samples/s (%d failed to decode)", len(rows), len(tars),
-             info["samples_per_second"], len(failures))
+    log.info(
+        "embedded %d samples from %d shards at %.0f samples/s (%d failed to decode)",
+        len(rows),
+        len(tars),
+        info["samples_per_second"],
+        len(failures),
+    )
     return info
 
 

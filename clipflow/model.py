@@ -105,7 +105,9 @@ def load_model(manifest_path: Path | str, device: str = "auto", precision: str =
     if manifest["checkpoint"]:
         path = Path(manifest["checkpoint"])
         if not path.is_file() or _sha256(path) != manifest["sha256"]:
-            raise ClipflowError(f"{manifest_path}: weights file {path} is missing or changed; run the fetch_model rule again")
+            raise ClipflowError(
+                f"{manifest_path}: weights file {path} is missing or changed; run the fetch_model rule again"
+            )
         if manifest.get("image_mean"):
             kwargs.update(image_mean=tuple(manifest["image_mean"]), image_std=tuple(manifest["image_std"]))
     else:
@@ -126,4 +128,6 @@ def load_model(manifest_path: Path | str, device: str = "auto", precision: str =
             "python": platform.python_version(),
         },
     }
-    return LoadedModel(model, preprocess, open_clip.get_tokenizer(manifest["model"]), torch_device, DTYPES[precision], provenance)
+    return LoadedModel(
+        model, preprocess, open_clip.get_tokenizer(manifest["model"]), torch_device, DTYPES[precision], provenance
+    )

@@ -2,7 +2,6 @@
 
 import json
 
-from clipflow.model import load_model
 from clipflow.searcher import ClipIndex, load_image
 
 OUTPUT_COLUMNS = ("rank", "similarity", "id", "uid", "url", "caption")
@@ -10,10 +9,13 @@ OUTPUT_COLUMNS = ("rank", "similarity", "id", "uid", "url", "caption")
 
 def run_query(index_folder, text: str | None, image: str | None, modality: str, k: int) -> list[dict]:
     index = ClipIndex(index_folder)
-    index.index(modality)  # a missing index fails before the model loads
+    index.index(modality)
+    image_query = load_image(image) if image else None
+    from clipflow.model import load_model  # torch loads only once the inputs are known to be good
+
     model = load_model(index.model_manifest)
-    if image:
-        pixels = model.preprocess(load_image(image)).unsqueeze(0)
+    if image_query:
+        pixels = model.preprocess(image_query).unsqueeze(0)
         vector = model.encode_images(pixels).cpu().numpy()
     else:
         vector = model.encode_texts(model.tokenizer([text])).cpu().numpy()
@@ -21,7 +23,12 @@ def run_query(index_folder, text: str | None, image: str | None, modality: str, 
     found = ids[0] >= 0
     rows = index.rows(ids[0][found])
     return [
-        {"rank": rank, "similarity": float(similarity), "id": int(row_id), **{c: row.get(c) for c in OUTPUT_COLUMNS[3:]}}
+        {
+            "rank": rank,
+            "similarity": float(similarity),
+            "id": int(row_id),
+            **{c: row.get(c) for c in OUTPUT_COLUMNS[3:]},
+        }
         for rank, (similarity, row_id, row) in enumerate(zip(similarities[0][found], ids[0][found], rows), start=1)
     ]
 

@@ -28,7 +28,9 @@ def summarize_embeddings(info_paths, image_paths, text_paths) -> dict:
         "decode_failed": sum(i["decode_failed"] for i in infos),
         "image_text_similarity": {
             "mean": float(similarities.mean()) if len(similarities) else None,
-            "quantiles": {q: float(np.quantile(similarities, q)) for q in (0.05, 0.5, 0.95)} if len(similarities) else {},
+            "quantiles": (
+                {q: float(np.quantile(similarities, q)) for q in (0.05, 0.5, 0.95)} if len(similarities) else {}
+            ),
         },
         "jobs": [
             {

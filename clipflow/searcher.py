@@ -5,6 +5,7 @@ read through a memory map, so opening a large index costs little time or RAM; ro
 """
 
 import io
+import tarfile
 import urllib.request
 from pathlib import Path
 
@@ -44,7 +45,9 @@ class ClipIndex:
         self.folder = Path(folder)
         missing = [name for name in ("metadata.arrow", "model.json") if not (self.folder / name).exists()]
         if not self.folder.is_dir() or missing:
-            raise ClipflowError(f"{self.folder}: not an index folder (missing {missing or 'the folder'}); run the workflow first")
+            raise ClipflowError(
+                f"{self.folder}: not an index folder (missing {missing or 'the folder'}); run the workflow first"
+            )
         self.metadata = pa.ipc.open_file(pa.memory_map(str(self.folder / "metadata.arrow"))).read_all()
         self.model_manifest = self.folder / "model.json"
         self._indices = {}
@@ -58,7 +61,9 @@ class ClipIndex:
                 raise ClipflowError(f"{path}: no {modality} index in {self.folder}")
             self._indices[modality] = _read_index(path)
             if self._indices[modality].ntotal != self.metadata.num_rows:
-                raise ClipflowError(f"{path}: {self._indices[modality].ntotal} vectors for {self.metadata.num_rows} metadata rows")
+                raise ClipflowError(
+                    f"{path}: {self._indices[modality].ntotal} vectors for {self.metadata.num_rows} metadata rows"
+                )
         return self._indices[modality]
 
     def search(self, vectors: np.ndarray, modality: str, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +74,12 @@ class ClipIndex:
 
     def rows(self, ids) -> list[dict]:
         return self.metadata.take(pa.array(np.asarray(ids, dtype=np.int64))).to_pylist()
+
+
+def shard_image_bytes(shards_folder: Path | str, shard: str, key: str) -> bytes:
+    """The JPEG of sample `key` in webdataset shard `shard`, read straight out of the tar."""
+    with tarfile.open(Path(shards_folder) / f"{shard}.tar") as tar:
+        return tar.extractfile(f"{key}.jpg").read()
 
 
 def load_image(source: str, timeout: float = 10) -> Image.Image:

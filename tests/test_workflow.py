@@ -11,11 +11,13 @@ from pathlib import Path
 
 import urllib.request
 
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import webdataset as wds
+from nbclient import NotebookClient
 
 from clipflow.accounting import failure_reason
 from clipflow.model import load_model
@@ -261,6 +263,20 @@ def test_embedding_summary_and_report(workflow_run):
     run_snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
     assert all(name in html for name in ("download.png", "embedding_throughput.png", "image_text_similarity.png"))
+
+
+def test_exploration_notebook_runs_against_the_index(workflow_run, monkeypatch):
+    workdir, _ = workflow_run
+    monkeypatch.setenv("CLIPFLOW_INDEX", str(workdir / "results/index"))
+    notebook = nbformat.read(REPO / "notebooks/exploration.ipynb", as_version=4)
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO / "notebooks")}}
+    ).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # two result grids, one histogram
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "ViT-S-32 (RANDOM WEIGHTS)" in printed and "mean " in printed
 
 
 def test_rerun_is_a_no_op(workflow_run):

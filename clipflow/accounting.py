@@ -106,6 +106,7 @@ def plot_summary(summary: dict, path: Path | str) -> None:
         list(states.values()),
         color=["tab:green", "tab:gray", "tab:brown"] + ["tab:red"] * len(summary["failed"]),
     )
+    left.bar_label(left.containers[0], fmt="{:,.0f}", padding=3)
     left.invert_yaxis()
     left.set_title(f"{summary['input_rows']:,} input rows")
     left.set_xlabel("rows")
@@ -116,6 +117,10 @@ def plot_summary(summary: dict, path: Path | str) -> None:
         counts = [s["failed"].get(reason, 0) for s in shards]
         right.bar(positions, counts, bottom=stacked, label=f"failed: {reason}")
         stacked = [a + b for a, b in zip(stacked, counts)]
+    if len(shards) <= 40:
+        right.set_xticks(list(positions), [s["shard"] for s in shards], rotation=90, fontsize="small")
+    else:
+        right.xaxis.get_major_locator().set_params(integer=True)
     right.set_title("per shard")
     right.set_xlabel("shard")
     right.set_ylabel("planned rows")

@@ -161,3 +161,15 @@ def test_exact_index_below_threshold(tmp_path):
         [tmp_path / "a.npy", tmp_path / "b.npy"], tmp_path / "t.index", tmp_path / "t.json", INDEX_OPTIONS
     )
     assert infos["index_key"] == "Flat" and infos["exact"] and infos["size"] == 500
+
+
+def test_autofaiss_can_build_the_opq_indices_it_picks_at_scale():
+    """autofaiss picks OPQ...,IVF...,PQ... for large collections; the pinned faiss must accept its calls."""
+    from autofaiss.indices.index_factory import index_factory
+    import faiss
+
+    index = index_factory(64, "OPQ8_64,IVF16,PQ8", faiss.METRIC_INNER_PRODUCT)
+    vectors = random_unit_vectors(2_000, 64, 5)
+    index.train(vectors)
+    index.add(vectors)
+    assert index.ntotal == 2_000

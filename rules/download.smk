@@ -12,8 +12,8 @@ rule download_shard:
         "../envs/download.yaml"
     threads: 1
     resources:
-        mem_mb=config["download"]["mem_mb"],
-        runtime=120,
+        mem_mb=lambda wildcards, attempt: config["download"]["mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         options=config["download"],
         kept_columns=config["input"]["keep_cols"],

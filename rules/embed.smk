@@ -34,8 +34,8 @@ rule embed_chunk:
         "../envs/embed.yaml"
     threads: max(1, config["embed"]["workers"])
     resources:
-        mem_mb=config["embed"]["mem_mb"],
-        runtime=240,
+        mem_mb=lambda wildcards, attempt: config["embed"]["mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
     params:
         options=config["embed"],
         kept_columns=config["input"]["keep_cols"],

@@ -10,8 +10,8 @@ rule build_index:
         "../envs/index.yaml"
     threads: 2
     resources:
-        mem_mb=config["index"]["mem_mb"],
-        runtime=240,
+        mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
     params:
         options=config["index"],
     script:

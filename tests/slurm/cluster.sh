@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# A real single-node SLURM cluster for the tests: Debian's slurm and munge packages, two fake GPUs.
+#   tests/slurm/cluster.sh start   installs (once), configures, starts munge/slurmctld/slurmd, waits for idle
+#   tests/slurm/cluster.sh stop    stops the daemons
+# State, spool, logs and config live under $SLURM_TEST_DIR (default /tmp/clipflow-slurm). Needs root.
+set -euo pipefail
+DIR=${SLURM_TEST_DIR:-/tmp/clipflow-slurm}
+
+install_packages() {
+    command -v slurmctld >/dev/null && command -v munged >/dev/null && return
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
+}
+
+write_config() {
+    mkdir -p "$DIR"/{state,spool,log,run} /etc/slurm
+    : > "$DIR/gpu0"; : > "$DIR/gpu1"   # slurmd accepts plain files as GPU devices (logs that they are not char devices)
+    local node
+    node=$(slurmd -C | head -1 | sed 's/ UpTime=.*//')
+    cat > /etc/slurm/slurm.conf <<CONF
+ClusterName=clipflow-test
+SlurmctldHost=$(hostname -s)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+ReturnToService=2
+MpiDefault=none
+GresTypes=gpu
+MinJobAge=600
+StateSaveLocation=$DIR/state
+SlurmdSpoolDir=$DIR/spool
+SlurmctldPidFile=$DIR/run/slurmctld.pid
+SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmctldLogFile=$DIR/log/slurmctld.log
+SlurmdLogFile=$DIR/log/slurmd.log
+$node Gres=gpu:2 State=UNKNOWN
+PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+    echo "Name=gpu File=$DIR/gpu[0-1]" > /etc/slurm/gres.conf
+}
+
+start() {
+    install_packages
+    stop 2>/dev/null || true
+    write_config
+    mkdir -p /run/munge /var/log/munge /var/lib/munge /etc/munge
+    [ -s /etc/munge/munge.key ] || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+    chown -R munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge
+    chmod 0400 /etc/munge/munge.key
+    su -s /bin/sh munge -c munged
+    slurmctld
+    slurmd
+    for _ in $(seq 60); do
+        if sinfo -h -o %t 2>/dev/null | grep -qx idle; then
+            sinfo
+            return 0
+        fi
+        sleep 1
+    done
+    echo "the SLURM node did not become idle; see $DIR/log" >&2
+    tail -20 "$DIR"/log/*.log >&2
+    return 1
+}
+
+stop() {
+    pkill -x slurmd || true
+    pkill -x slurmctld || true
+    pkill -x munged || true
+    sleep 1
+}
+
+"${1:?usage: cluster.sh start|stop}"

@@ -25,11 +25,6 @@ log = logging.getLogger(__name__)
 METADATA_FIELDS = ("uid", "url", "caption", "key")
 
 
-def chunk_name(shards: list[str]) -> str:
-    """A chunk is named after its first shard."""
-    return shards[0]
-
-
 def _shard_of(sample) -> str:
     return Path(sample["__url__"]).name.removesuffix(".tar")
 

@@ -171,7 +171,8 @@ def _text(values: pd.Series) -> pd.Series:
 
 
 def read_batches(source: Source, columns: Columns) -> Iterator[pd.DataFrame]:
-    """Yield normalized batches: url, caption, uid, the kept columns and source_row (0-based row in the file)."""
+    """Yield (batch, keys): url, caption, uid, the kept columns and source_row (0-based row in the file),
+    with each row's (url, caption) key."""
     first_row = 0
     try:
         for raw in _raw_batches(source, columns):

@@ -31,8 +31,12 @@ def embedding_figures(model: str, shards: list[str], options: dict) -> dict:
         started = time.perf_counter()
         info = embed_chunk(shards, tmp / "m.json", options, [], outputs)
         wall = time.perf_counter() - started
-    return {"samples": info["embedded"], "steady_samples_per_s": info["samples_per_second"], "wall_s": wall,
-            "model_load_s": info["seconds"]["model_load"]}
+    return {
+        "samples": info["embedded"],
+        "steady_samples_per_s": info["samples_per_second"],
+        "wall_s": wall,
+        "model_load_s": info["seconds"]["model_load"],
+    }
 
 
 def unit_vectors(count: int, dim: int, rng) -> np.ndarray:
@@ -50,7 +54,11 @@ def measure(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> dict:
         latencies.append((time.perf_counter() - started) * 1000)
         found.append(ids[0])
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
-    return {"p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)), "recall@10": float(recall)}
+    return {
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "recall@10": float(recall),
+    }
 
 
 def index_figures(size: int, options: dict, queries_count: int) -> list[dict]:
@@ -71,7 +79,15 @@ def index_figures(size: int, options: dict, queries_count: int) -> list[dict]:
         infos = build_index([tmp / "vectors.npy"], tmp / "ours.index", tmp / "ours.json", options)
         ours_build = time.perf_counter() - started
         ours = faiss.read_index(str(tmp / "ours.index"))
-        rows.append({"size": size, "who": "clipflow", "index": infos["index_key"], "build_s": ours_build, **measure(ours, queries, truth)})
+        rows.append(
+            {
+                "size": size,
+                "who": "clipflow",
+                "index": infos["index_key"],
+                "build_s": ours_build,
+                **measure(ours, queries, truth),
+            }
+        )
         del ours
 
         from autofaiss import build_index as autofaiss_build_index
@@ -79,8 +95,15 @@ def index_figures(size: int, options: dict, queries_count: int) -> list[dict]:
         started = time.perf_counter()
         theirs, their_infos = autofaiss_build_index(embeddings=vectors, save_on_disk=False, verbose=40)
         theirs_build = time.perf_counter() - started
-        rows.append({"size": size, "who": "autofaiss defaults", "index": their_infos["index_key"], "build_s": theirs_build,
-                     **measure(theirs, queries, truth)})
+        rows.append(
+            {
+                "size": size,
+                "who": "autofaiss defaults",
+                "index": their_infos["index_key"],
+                "build_s": theirs_build,
+                **measure(theirs, queries, truth),
+            }
+        )
     return rows
 
 
@@ -96,17 +119,24 @@ def main() -> None:
     shards = sorted(glob.glob("results/shards/*.tar"))
     if shards:
         embed = embedding_figures(args.model, shards, config["embed"])
-        print(f"embedding, {args.model} image+text on {faiss.omp_get_max_threads()} CPU threads, {len(shards)} demo shards:")
-        print(f"  {embed['samples']} samples, {embed['steady_samples_per_s']:.1f} samples/s steady, "
-              f"{embed['samples'] / embed['wall_s']:.1f} samples/s with model load ({embed['model_load_s']:.1f} s)")
+        print(
+            f"embedding, {args.model} image+text on {faiss.omp_get_max_threads()} CPU threads, {len(shards)} demo shards:"
+        )
+        print(
+            f"  {embed['samples']} samples, {embed['steady_samples_per_s']:.1f} samples/s steady, "
+            f"{embed['samples'] / embed['wall_s']:.1f} samples/s with model load ({embed['model_load_s']:.1f} s)"
+        )
     else:
         print("no demo shards in results/shards: run the workflow first for the embedding figures")
 
     print(f"\n{'vectors':>9}  {'who':<19} {'index':<34} {'build s':>8} {'p50 ms':>7} {'p99 ms':>7} {'recall@10':>9}")
     for size in args.sizes:
         for row in index_figures(size, config["index"], args.queries):
-            print(f"{row['size']:>9,}  {row['who']:<19} {row['index'][:34]:<34} {row['build_s']:>8.1f} "
-                  f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {row['recall@10']:>9.3f}", flush=True)
+            print(
+                f"{row['size']:>9,}  {row['who']:<19} {row['index'][:34]:<34} {row['build_s']:>8.1f} "
+                f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {row['recall@10']:>9.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

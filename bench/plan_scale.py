@@ -81,11 +81,17 @@ def main() -> None:
         first = plan_in_child(config, tmp / "plan")
         again = plan_in_child(config, tmp / "plan")
         totals = first["totals"]
-        print(f"plan: {first['seconds']:.1f} s ({totals['rows'] / first['seconds']:,.0f} rows/s), "
-              f"peak RSS {first['peak_rss_mb']:,.0f} MB, {first['shards']:,} shards")
-        print(f"      {totals['rows']:,} rows: {totals['planned']:,} planned, {totals['duplicates']:,} duplicates dropped")
+        print(
+            f"plan: {first['seconds']:.1f} s ({totals['rows'] / first['seconds']:,.0f} rows/s), "
+            f"peak RSS {first['peak_rss_mb']:,.0f} MB, {first['shards']:,} shards"
+        )
+        print(
+            f"      {totals['rows']:,} rows: {totals['planned']:,} planned, {totals['duplicates']:,} duplicates dropped"
+        )
         print(f"no-op replan: {again['seconds']:.2f} s, peak RSS {again['peak_rss_mb']:,.0f} MB")
-        print(f"this process peak RSS (data generation): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
+        print(
+            f"this process peak RSS (data generation): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB"
+        )
 
 
 if __name__ == "__main__":

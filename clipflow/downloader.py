@@ -1,21 +1,60 @@
-"""Download one planned shard with img2dataset into NNNNNNNN.tar, .parquet and _stats.json.
+"""Download planned shards with img2dataset into NNNNNNNN.tar, .parquet and _stats.json.
 
 img2dataset writes into a staging folder; the files move into place only when it has finished, the
-stats file last, so a killed download never leaves a shard that looks complete.
+stats file last, so a killed download never leaves a shard that looks complete. One job downloads a
+batch of shards (fewer, larger jobs keep Snakemake's DAG small at scale) and skips shards already
+complete, so rerunning a batch downloads only its missing or failed shards.
 """
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
-import img2dataset
 import pyarrow.parquet as pq
+
+# img2dataset imports albumentations, which otherwise asks PyPI for a newer version at every import.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import img2dataset  # noqa: E402
 
 from clipflow.errors import ClipflowError
 from clipflow.planner import SHARD_DIGITS
 
 OUTPUT_SUFFIXES = (".tar", ".parquet", "_stats.json")  # the stats file last: it marks a finished shard
+
+log = logging.getLogger(__name__)
+
+
+def shard_is_complete(output_folder: Path | str, shard: str) -> bool:
+    return all((Path(output_folder) / f"{shard}{suffix}").exists() for suffix in OUTPUT_SUFFIXES)
+
+
+def download_batch(
+    plan_shards: list[Path | str], output_folder: Path | str, options: dict, kept_columns: list[str], record: Path | str
+) -> None:
+    """Download each plan shard not yet complete, then write `record`, the batch's proof of completion.
+
+    A shard that fails does not stop the others; the batch fails at the end, naming it, and a rerun
+    downloads only what is still missing.
+    """
+    failed, shards = {}, []
+    for plan_shard in map(Path, plan_shards):
+        shard = plan_shard.stem
+        if shard_is_complete(output_folder, shard):
+            log.info("shard %s is complete, kept", shard)
+            shards.append({"shard": shard, "downloaded_now": False})
+            continue
+        try:
+            download_shard(plan_shard, output_folder, options, kept_columns)
+        except Exception as error:  # whatever broke this shard, the rest of the batch goes on
+            log.exception("shard %s failed", shard)
+            failed[shard] = f"{type(error).__name__}: {error}"
+            continue
+        shards.append({"shard": shard, "downloaded_now": True})
+    if failed:
+        raise ClipflowError(f"{len(failed)} of {len(plan_shards)} shards failed, rerun to retry them: {failed}")
+    Path(record).write_text(json.dumps({"shards": shards}, indent=1))
 
 
 def download_shard(plan_shard: Path | str, output_folder: Path | str, options: dict, kept_columns: list[str]) -> Path:

@@ -2,7 +2,7 @@
 
 One job embeds a chunk of consecutive shards with the model loaded once. Tar reading, JPEG decoding,
 preprocessing and tokenization run in DataLoader workers; each batch carries its own metadata, so
-the rows written can never shift against the embeddings. A sample whose image fails to decode is
+the rows written can never shift against the embeddings. Rows are written in key order. A sample whose image fails to decode is
 dropped from all three outputs and counted.
 """
 
@@ -94,6 +94,10 @@ def embed_chunk(tars: list[Path | str], manifest: Path | str, options: dict, kep
     image = np.concatenate(image_parts) if image_parts else np.empty((0, dim), np.float16)
     text = np.concatenate(text_parts) if text_parts else np.empty((0, dim), np.float16)
     metadata = pd.DataFrame(rows, columns=[*METADATA_FIELDS, "shard", *kept_columns])
+    # img2dataset writes samples as their downloads finish and workers interleave shards: sorting by
+    # key makes the outputs' row order the same in every run.
+    order = np.argsort(metadata["key"].to_numpy(dtype=str), kind="stable")
+    image, text, metadata = image[order], text[order], metadata.iloc[order].reset_index(drop=True)
     shards = [t.name.removesuffix(".tar") for t in tars]
     info = {
         "provenance": model.provenance,

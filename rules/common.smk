@@ -8,6 +8,7 @@ from snakemake.exceptions import WorkflowError
 
 from clipflow import demo
 from clipflow.errors import ClipflowError
+from clipflow.downloader import OUTPUT_SUFFIXES as SHARD_SUFFIXES
 from clipflow.planner import load_plan, make_plan
 
 PLAN_DIR = "results/plan"
@@ -20,7 +21,7 @@ EMBEDDING_SUFFIXES = {"image": "npy", "text": "npy", "metadata": "parquet", "inf
 
 
 wildcard_constraints:
-    shard=r"\d{8}",
+    batch=r"\d{8}",
     chunk=r"\d{8}",
     modality="image|text",
 
@@ -39,12 +40,48 @@ def current_plan():
         raise WorkflowError(str(error)) from None
 
 
+def consecutive(shards, size):
+    """Jobs over `size` consecutive shards, each named after its first shard."""
+    return {shards[i]: shards[i : i + size] for i in range(0, len(shards), size)}
+
+
+def check_job_sizes():
+    per_download, per_embed = (config[step]["shards_per_job"] for step in ("download", "embed"))
+    if per_embed % per_download:
+        raise WorkflowError(
+            f"embed.shards_per_job ({per_embed}) must be a multiple of download.shards_per_job "
+            f"({per_download}): an embedding job takes whole download batches"
+        )
+
+
+def reopen_incomplete_batches():
+    """A batch record whose shard files are gone (deleted, or lost) no longer holds: remove it, so the
+    batch runs again and downloads just those shards."""
+    if not workflow.is_main_process or not os.path.isdir(f"{SHARDS_DIR}/batches"):
+        return
+    present = set(os.listdir(SHARDS_DIR))
+    for batch, shards in BATCHES.items():
+        record = f"{SHARDS_DIR}/batches/{batch}.json"
+        missing = [
+            shard + suffix
+            for shard in shards
+            for suffix in SHARD_SUFFIXES
+            if shard + suffix not in present
+        ]
+        if missing and os.path.exists(record):
+            print(
+                f"clipflow: {missing} missing, download batch {batch} runs again", file=sys.stderr
+            )
+            os.remove(record)
+
+
 PLAN = current_plan()
-# Embedding jobs take consecutive shards, named after the first: the model loads once per chunk.
-CHUNKS = {
-    PLAN.shards[i]: PLAN.shards[i : i + config["embed"]["shards_per_job"]]
-    for i in range(0, len(PLAN.shards), config["embed"]["shards_per_job"])
-}
+check_job_sizes()
+# Downloads and embeddings run a job per batch or chunk of consecutive shards: the DAG stays small
+# at scale, and an embedding job loads the model once for many shards.
+BATCHES = consecutive(PLAN.shards, config["download"]["shards_per_job"])
+CHUNKS = consecutive(PLAN.shards, config["embed"]["shards_per_job"])
+reopen_incomplete_batches()
 
 
 def demo_images(wildcards):
@@ -80,8 +117,17 @@ def stop_demo_server(servers):
         server.wait(timeout=10)
 
 
-def downloaded_shards(suffix):
-    return expand(f"{SHARDS_DIR}/{{shard}}{suffix}", shard=PLAN.shards)
+def batch_plan_shards(wildcards):
+    return [f"{PLAN_DIR}/shards/{shard}.parquet" for shard in BATCHES[wildcards.batch]]
+
+
+def batch_records(batches):
+    return expand(f"{SHARDS_DIR}/batches/{{batch}}.json", batch=batches)
+
+
+def chunk_batch_records(wildcards):
+    shards = CHUNKS[wildcards.chunk]
+    return batch_records(shards[:: config["download"]["shards_per_job"]])
 
 
 def chunk_tars(wildcards):
@@ -93,8 +139,8 @@ def chunk_outputs(kind):
 
 
 def get_final_outputs():
-    # Shards and embeddings are products in their own right: asking for them makes a deleted one come back.
-    shards = [downloaded_shards(suffix) for suffix in (".tar", ".parquet", "_stats.json")]
+    # Batch records and embeddings are asked for directly: Snakemake 9 does not rebuild a deleted
+    # intermediate whose consumers are up to date.
     embeddings = [chunk_outputs(kind) for kind in EMBEDDING_SUFFIXES]
     index = expand(
         f"{INDEX_DIR}/{{name}}", name=["image.index", "text.index", "metadata.arrow", "model.json"]
@@ -102,4 +148,4 @@ def get_final_outputs():
     summaries = expand(
         "results/summary/{name}", name=["download.json", "download.png", "embeddings.json"]
     )
-    return [*sum(shards, []), *sum(embeddings, []), *index, *summaries]
+    return [*batch_records(BATCHES), *sum(embeddings, []), *index, *summaries]

@@ -1,32 +1,31 @@
-rule download_shard:
+# Writes NNNNNNNN.{tar,parquet,_stats.json} for each shard of the batch next to the record; the
+# record alone is the declared output, so a failed batch keeps its finished shards for the rerun.
+rule download_batch:
     input:
-        shard=f"{PLAN_DIR}/shards/{{shard}}.parquet",
+        shards=batch_plan_shards,
         demo_images=demo_images,
     output:
-        tar=f"{SHARDS_DIR}/{{shard}}.tar",
-        parquet=f"{SHARDS_DIR}/{{shard}}.parquet",
-        stats=f"{SHARDS_DIR}/{{shard}}_stats.json",
+        record=f"{SHARDS_DIR}/batches/{{batch}}.json",
     log:
-        "logs/download/{shard}.log",
+        "logs/download/{batch}.log",
     conda:
         "../envs/download.yaml"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: config["download"]["mem_mb"] * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
+        runtime=lambda wildcards, attempt: max(60, 10 * config["download"]["shards_per_job"])
+        * attempt,
     params:
         options=config["download"],
         kept_columns=config["input"]["keep_cols"],
     script:
-        "../scripts/download_shard.py"
+        "../scripts/download_batch.py"
 
 
 rule summarize_downloads:
     input:
         state=f"{PLAN_DIR}/state.json",
-        tars=downloaded_shards(".tar"),
-        parquets=downloaded_shards(".parquet"),
-        stats=downloaded_shards("_stats.json"),
+        records=batch_records(BATCHES),
     output:
         summary="results/summary/download.json",
         table="results/summary/download.txt",

@@ -21,7 +21,7 @@ rule fetch_model:
 
 rule embed_chunk:
     input:
-        tars=chunk_tars,
+        batches=chunk_batch_records,
         manifest=MODEL_MANIFEST,
     output:
         image=f"{EMBEDDINGS_DIR}/image/{{chunk}}.npy",
@@ -37,6 +37,7 @@ rule embed_chunk:
         mem_mb=lambda wildcards, attempt: config["embed"]["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
+        tars=chunk_tars,
         options=config["embed"],
         kept_columns=config["input"]["keep_cols"],
     script:

@@ -1,31 +1,175 @@
-"""The SLURM profile: planning works with no cluster reachable (end-to-end cluster tests: issue 4, in progress)."""
+"""The workflow on a real single-node SLURM cluster (tests/slurm/cluster.sh) through profiles/slurm.
+
+GPU jobs ask SLURM for a GPU, a cancelled job is retried to the same results, and deleting one shard
+submits only its jobs again. The dry run needs no cluster at all.
+"""
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pytest
 import yaml
 
 from conftest import REPO
 from test_demo import free_port
 
+CLUSTER_SCRIPT = REPO / "tests/slurm/cluster.sh"
+DEMO_PORT = free_port()
+SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/logs/slurm/rule_(\w+)/(?:(\w+)/)?\d+\.log\)")
 
 
-def snakemake_on_slurm(workdir: Path, *args: str, env=None) -> subprocess.CompletedProcess:
+def snakemake_on_slurm(workdir: Path, *args: str, env=None, background=False):
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
     command += ["--configfile", str(workdir / "config.yaml"), "--profile", str(REPO / "profiles/slurm"), *args]
-    # The slurm plugin (2.0.3) reads $USER to guess an account; a login shell has it, CI may not.
+    # The slurm plugin reads $USER to guess an account; a login shell has it, CI may not.
     env = {**os.environ, "USER": os.environ.get("USER", "root"), **(env or {})}
+    if background:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     return subprocess.run(command, capture_output=True, text=True, env=env)
 
 
 def write_demo_config(workdir: Path) -> None:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["demo"].update(images=40, port=free_port())
+    config["demo"].update(images=40, port=DEMO_PORT)
     config["plan"]["samples_per_shard"] = 20
+    config["download"]["shards_per_job"] = 1
     config["embed"].update(model="ViT-S-32", batch_size=16, workers=1, shards_per_job=2)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def submitted_jobs(output: str) -> dict[str, str]:
+    """SLURM job id -> rule[wildcards], from what snakemake printed."""
+    return {
+        job_id: rule + (f"[{wildcards}]" if wildcards else "") for job_id, rule, wildcards in SUBMITTED.findall(output)
+    }
+
+
+def cluster_is_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    return subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout.strip() == "idle"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The test cluster: used if it is already up, else started here (as root) and stopped afterwards."""
+    if cluster_is_up():
+        yield
+        return
+    subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], check=True)
+    yield
+    subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop"], check=True)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("slurm")
+    write_demo_config(workdir)
+    result = snakemake_on_slurm(workdir)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    return workdir, output
+
+
+def test_workflow_runs_through_slurm(slurm_run):
+    workdir, output = slurm_run
+    jobs = sorted(submitted_jobs(output).values())
+    assert jobs == [
+        "build_index[image]",
+        "build_index[text]",
+        "download_batch[00000000]",
+        "download_batch[00000001]",
+        "embed_chunk[00000000]",
+        "index_metadata",
+        "render_demo_images",
+        "summarize_downloads",
+        "summarize_embeddings",
+    ]
+    summary = yaml.safe_load((workdir / "results/summary/download.json").read_text())
+    assert summary["input_rows"] == 42 and summary["downloaded"] > 30
+    assert (workdir / "results/index/image.index").stat().st_size > 0
+    logs = list((workdir / "logs/slurm/rule_embed_chunk/00000000").glob("*.log"))
+    assert logs and "embed_chunk" in logs[0].read_text()
+
+
+def test_only_embedding_jobs_ask_for_a_gpu(slurm_run):
+    _, output = slurm_run
+    for job_id, job in submitted_jobs(output).items():
+        record = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
+        asks_gpu = re.search(r"Tres\w*=\S*gpu", record) is not None
+        assert asks_gpu == job.startswith("embed_chunk"), f"{job} (SLURM job {job_id}):\n{record}"
+
+
+def canonical_outputs(workdir: Path) -> dict:
+    """What a run produced, independent of the order in which img2dataset's threads finished."""
+    columns = ["key", "uid", "url", "caption", "status", "sha256", "original_width", "original_height"]
+    shards = pd.concat(
+        pd.read_parquet(p, columns=columns) for p in sorted((workdir / "results/shards").glob("*.parquet"))
+    )
+    return {
+        "shards": shards.sort_values("key").reset_index(drop=True),
+        "summary": (workdir / "results/summary/download.json").read_text(),
+        "metadata": pd.read_parquet(workdir / "results/embeddings/metadata/00000000.parquet"),
+        "image": np.load(workdir / "results/embeddings/image/00000000.npy"),
+        "text": np.load(workdir / "results/embeddings/text/00000000.npy"),
+    }
+
+
+def test_cancelled_job_is_retried_to_the_same_results(slurm_run, tmp_path):
+    clean_workdir, _ = slurm_run
+    write_demo_config(tmp_path)
+    run = snakemake_on_slurm(tmp_path, background=True)
+    deadline, cancelled = time.monotonic() + 300, None
+    while cancelled is None and run.poll() is None and time.monotonic() < deadline:
+        running = subprocess.run(
+            ["squeue", "-h", "-t", "RUNNING", "-o", "%i %k"], capture_output=True, text=True
+        ).stdout
+        embedding = [line.split()[0] for line in running.splitlines() if "rule_embed_chunk" in line]
+        if embedding:
+            time.sleep(2)  # mid-job: the model is loading or embedding
+            subprocess.run(["scancel", embedding[0]], check=True)
+            cancelled = embedding[0]
+        time.sleep(0.5)
+    output, _ = run.communicate(timeout=600)
+    assert cancelled, "no embedding job was seen running"
+    assert run.returncode == 0, output[-5000:]
+    assert f"SLURM-job '{cancelled}' failed, SLURM status is: 'CANCELLED'" in output
+    assert list(submitted_jobs(output).values()).count("embed_chunk[00000000]") == 2  # the retry
+
+    clean, retried = canonical_outputs(clean_workdir), canonical_outputs(tmp_path)
+    pd.testing.assert_frame_equal(clean["shards"], retried["shards"])
+    assert clean["summary"] == retried["summary"]
+    pd.testing.assert_frame_equal(clean["metadata"], retried["metadata"])
+    np.testing.assert_array_equal(clean["image"], retried["image"])
+    np.testing.assert_array_equal(clean["text"], retried["text"])
+
+
+def test_deleted_shard_submits_only_its_jobs(slurm_run):
+    workdir, _ = slurm_run
+    shards = workdir / "results/shards"
+    kept = {p.name: p.stat().st_mtime_ns for p in shards.glob("00000000*")}
+    (shards / "00000001.tar").unlink()
+    result = snakemake_on_slurm(workdir)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert sorted(submitted_jobs(output).values()) == [
+        "build_index[image]",
+        "build_index[text]",
+        "download_batch[00000001]",
+        "embed_chunk[00000000]",
+        "index_metadata",
+        "summarize_downloads",
+        "summarize_embeddings",
+    ]
+    assert (shards / "00000001.tar").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in shards.glob("00000000*")} == kept
 
 
 def test_dry_run_needs_no_cluster(tmp_path):
@@ -33,4 +177,4 @@ def test_dry_run_needs_no_cluster(tmp_path):
     result = snakemake_on_slurm(tmp_path, "--dry-run", env={"SLURM_CONF": str(tmp_path / "no-cluster.conf")})
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "download_shard" in output and "embed_chunk" in output
+    assert "download_batch" in output and "embed_chunk" in output

@@ -59,8 +59,8 @@ def workflow_run(tmp_path_factory, image_server):
     config = {
         "input": {"paths": ["metadata.csv"]},
         "plan": {"samples_per_shard": 5},
-        "download": {"timeout": 2, "threads": 8, "image_size": 64},
-        "embed": {"model": "ViT-S-32", "pretrained": "none", "batch_size": 4, "workers": 1, "shards_per_job": 1},
+        "download": {"timeout": 2, "threads": 8, "image_size": 64, "shards_per_job": 2},
+        "embed": {"model": "ViT-S-32", "pretrained": "none", "batch_size": 4, "workers": 1, "shards_per_job": 2},
     }
     write_config(workdir, config)
     result = run_snakemake(workdir, "--cores", "2")
@@ -140,10 +140,8 @@ def jobs_in_dry_run(workdir: Path) -> list[str]:
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
         rule = re.search(r"^\s*(?:local)?rule (\w+):", block, re.M)
         if rule:
-            shard = re.search(r"wildcards: shard=(\d+)", block)
-            jobs.append(rule.group(1) + (f"[{shard.group(1)}]" if shard else ""))
-            chunk = re.search(r"wildcards: chunk=(\d+)", block)
-            jobs[-1] += f"[{chunk.group(1)}]" if chunk else ""
+            wildcard = re.search(r"wildcards: (?:batch|chunk)=(\d+)", block)
+            jobs.append(rule.group(1) + (f"[{wildcard.group(1)}]" if wildcard else ""))
     return sorted(jobs)
 
 
@@ -166,8 +164,9 @@ def test_embeddings_are_normalized_float16_aligned_with_downloads(workflow_run):
     assert np.allclose(np.linalg.norm(image.astype(np.float32), axis=1), 1, atol=2e-3)
     assert sorted(metadata["uid"]) == sorted(successes["uid"])
     assert list(metadata.columns) == ["uid", "url", "caption", "key", "shard"]
-    info = json.loads((workdir / "results/embeddings/info/00000003.json").read_text())
-    assert info["embedded"] == 0 and info["shards"] == ["00000003"]  # the shard whose downloads all failed
+    info = json.loads((workdir / "results/embeddings/info/00000002.json").read_text())
+    assert info["shards"] == ["00000002", "00000003"]  # shard 3's downloads all failed: it adds no rows
+    assert info["per_shard"] == {"00000002": int((metadata["shard"] == "00000002").sum()), "00000003": 0}
     assert info["provenance"]["random_weights"] is True and info["provenance"]["versions"]["open_clip"]
 
 
@@ -258,7 +257,7 @@ def test_embedding_summary_and_report(workflow_run):
     workdir, _ = workflow_run
     summary = json.loads((workdir / "results/summary/embeddings.json").read_text())
     assert summary["embedded"] == len(embedded(workdir)[2]) and summary["decode_failed"] == 0
-    assert [job["chunk"] for job in summary["jobs"]] == ["00000000", "00000001", "00000002", "00000003"]
+    assert [job["chunk"] for job in summary["jobs"]] == ["00000000", "00000002"]
     assert -1 <= summary["image_text_similarity"]["mean"] <= 1
     run_snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
@@ -286,17 +285,18 @@ def test_rerun_is_a_no_op(workflow_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_deleting_one_tar_reruns_exactly_that_shard(workflow_run):
+def test_deleting_one_tar_downloads_that_shard_alone_again(workflow_run):
     workdir, _ = workflow_run
     shards = workdir / "results/shards"
     before = {p.name: p.stat().st_mtime_ns for p in shards.iterdir() if p.is_file()}
     (shards / "00000001.tar").unlink()
+    # Its batch (shards 0 and 1) runs again but keeps shard 0; the chunk holding it is embedded again.
     assert jobs_in_dry_run(workdir) == [
         "all",
         "build_index",
         "build_index",
-        "download_shard[00000001]",
-        "embed_chunk[00000001]",
+        "download_batch[00000000]",
+        "embed_chunk[00000000]",
         "index_metadata",
         "summarize_downloads",
         "summarize_embeddings",
@@ -316,7 +316,7 @@ def test_new_input_file_adds_shards_without_renumbering(workflow_run, image_serv
     config_path.write_text(config_path.read_text().replace("- metadata.csv", "- metadata.csv\n  - more.csv"))
     jobs = jobs_in_dry_run(workdir)
     assert [job for job in jobs if job.startswith(("download", "embed"))] == [
-        "download_shard[00000004]",
+        "download_batch[00000004]",
         "embed_chunk[00000004]",
     ]
     run_snakemake(workdir, "--cores", "2")
@@ -345,4 +345,4 @@ def test_killed_download_leaves_no_complete_shard(tmp_path, image_server):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not list((tmp_path / "results/shards").glob("00000000*")), "a killed download left shard files"
-    assert "download_shard[00000000]" in jobs_in_dry_run(tmp_path)
+    assert "download_batch[00000000]" in jobs_in_dry_run(tmp_path)

@@ -29,6 +29,18 @@ def _query(args) -> None:
     print(format_results(results, args.format))
 
 
+def _serve(args) -> None:
+    from clipflow.service import Limits, serve
+
+    limits = Limits(
+        max_num_images=args.max_num_images,
+        max_result_ids=args.max_result_ids,
+        max_body_bytes=args.max_body_mb * 2**20,
+        allow_private_urls=args.allow_private_urls,
+    )
+    serve(args.indices, args.host, args.port, limits)
+
+
 def _demo_serve(args) -> None:
     from clipflow.demo import serve
 
@@ -53,6 +65,20 @@ def main(argv: list[str] | None = None) -> None:
     query.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
     query.set_defaults(run=_query)
 
+    serve = commands.add_parser("serve", help="clip-retrieval's back-end HTTP API and a search page")
+    serve.add_argument(
+        "--indices", default="indices.json", help='{"name": {"index": FOLDER, "shards": FOLDER}}, paths relative to it'
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to answer other machines")
+    serve.add_argument("--port", type=int, default=1234)
+    serve.add_argument("--max-num-images", type=int, default=1000, help="largest num_images a query may ask")
+    serve.add_argument("--max-result-ids", type=int, default=10000, help="largest num_result_ids a query may ask")
+    serve.add_argument("--max-body-mb", type=int, default=10, help="largest request body (and fetched image)")
+    serve.add_argument(
+        "--allow-private-urls", action="store_true", help="let image_url reach private and loopback addresses"
+    )
+    serve.set_defaults(run=_serve)
+
     demo = commands.add_parser("demo-serve", help="serve the demo images on 127.0.0.1 (started by the workflow)")
     demo.add_argument("--folder", required=True)
     demo.add_argument("--port", type=int, required=True)
@@ -62,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # Progress for the long-running plan; otherwise only warnings (the random-weights one among them).
     logging.basicConfig(
-        level=logging.INFO if args.command == "plan" else logging.WARNING, format="%(levelname)s %(message)s"
+        level=logging.INFO if args.command in ("plan", "serve") else logging.WARNING, format="%(levelname)s %(message)s"
     )
     try:
         args.run(args)

@@ -19,15 +19,13 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import img2dataset  # noqa: E402
 
 from clipflow.errors import ClipflowError
-from clipflow.planner import SHARD_DIGITS
-
-OUTPUT_SUFFIXES = (".tar", ".parquet", "_stats.json")  # the stats file last: it marks a finished shard
+from clipflow.planner import SHARD_DIGITS, SHARD_FILE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 
 def shard_is_complete(output_folder: Path | str, shard: str) -> bool:
-    return all((Path(output_folder) / f"{shard}{suffix}").exists() for suffix in OUTPUT_SUFFIXES)
+    return all((Path(output_folder) / f"{shard}{suffix}").exists() for suffix in SHARD_FILE_SUFFIXES)
 
 
 def download_batch(
@@ -90,7 +88,7 @@ def download_shard(plan_shard: Path | str, output_folder: Path | str, options: d
         user_agent_token=options["user_agent_token"],
         disallowed_header_directives=options["disallowed_header_directives"],
     )
-    produced = [staging / f"{shard}{suffix}" for suffix in OUTPUT_SUFFIXES]
+    produced = [staging / f"{shard}{suffix}" for suffix in SHARD_FILE_SUFFIXES]
     missing = [path.name for path in produced if not path.exists()]
     if missing:
         raise ClipflowError(f"{plan_shard}: img2dataset finished without writing {missing}; see the log above")

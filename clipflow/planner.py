@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 PLAN_VERSION = 1
 SHARD_DIGITS = 8
+# What a downloaded shard is made of; the stats file is written last and marks a finished shard.
+SHARD_FILE_SUFFIXES = (".tar", ".parquet", "_stats.json")
 
 
 def shard_name(shard_id: int) -> str:

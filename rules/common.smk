@@ -8,8 +8,7 @@ from snakemake.exceptions import WorkflowError
 
 from clipflow import demo
 from clipflow.errors import ClipflowError
-from clipflow.downloader import OUTPUT_SUFFIXES as SHARD_SUFFIXES
-from clipflow.planner import load_plan, make_plan
+from clipflow.planner import SHARD_FILE_SUFFIXES, load_plan, make_plan
 
 PLAN_DIR = "results/plan"
 SHARDS_DIR = "results/shards"
@@ -65,7 +64,7 @@ def reopen_incomplete_batches():
         missing = [
             shard + suffix
             for shard in shards
-            for suffix in SHARD_SUFFIXES
+            for suffix in SHARD_FILE_SUFFIXES
             if shard + suffix not in present
         ]
         if missing and os.path.exists(record):

@@ -14,7 +14,7 @@ import webdataset as wds
 from clipflow.embedder import embed_chunk
 from clipflow.errors import ClipflowError
 from clipflow.indexer import build_index
-from clipflow.model import fetch_model, load_model
+from clipflow.model import encode_text_to_end_token, fetch_model, load_model
 from conftest import jpeg
 
 EMBED = {"model": "ViT-S-32", "pretrained": "none", "checkpoint": None, "cache_dir": "unused"}
@@ -75,6 +75,17 @@ def test_random_weights_are_announced_and_identical_across_jobs(tmp_path, caplog
     tokens = first.tokenizer(["same model in every job"])
     assert torch.equal(first.encode_texts(tokens), second.encode_texts(tokens))
     assert first.provenance["random_weights"] is True
+
+
+@pytest.mark.parametrize("name", ["ViT-S-32", "ViT-B-32", "coca_ViT-B-32"])
+def test_text_tower_cut_at_the_end_token_matches_the_full_context(name):
+    torch.manual_seed(0)
+    model = open_clip.create_model(name).eval()
+    tokens = open_clip.get_tokenizer(name)(["a dog", "a much longer caption about a red circle on green grass", ""])
+    with torch.no_grad():
+        full, cut = model.encode_text(tokens), encode_text_to_end_token(model, tokens)
+    assert cut.shape == full.shape
+    torch.testing.assert_close(cut, full, rtol=1e-4, atol=1e-5)
 
 
 def write_shard(path, samples):

@@ -1,0 +1,291 @@
+"""`clipflow serve` over real HTTP: clip-retrieval's API, its error answers, images, health and metrics."""
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipflow.embedder import embed_chunk
+from clipflow.indexer import build_index
+from clipflow.model import fetch_model
+from clipflow.searcher import write_metadata
+from conftest import jpeg
+from test_demo import free_port
+from test_embed_index import write_shard
+
+CAPTIONS = [f"picture number {i} of a {color} thing" for i, color in enumerate(["red", "green", "blue"] * 8)]
+DUPLICATE_OF = {24: 5, 25: 5}  # rows 24 and 25 hold row 5's image again
+
+
+def image_of(row: int) -> bytes:
+    return jpeg(seed=DUPLICATE_OF.get(row, row), color=((row * 40) % 256, 90, 160))
+
+
+def build_index_folder(root: Path) -> Path:
+    """A real index as the workflow builds it: one shard, random-weight ViT-S-32, exact faiss indices."""
+    shards, index = root / "shards", root / "index"
+    shards.mkdir()
+    index.mkdir()
+    captions = CAPTIONS + [f"copy {i} of picture 5" for i in DUPLICATE_OF]
+    samples = [(f"00000000{row:04d}", image_of(row), caption) for row, caption in enumerate(captions)]
+    write_shard(shards / "00000000.tar", samples)
+    fetch_model({"model": "ViT-S-32", "pretrained": "none", "checkpoint": None, "cache_dir": "unused"}, index / "model.json")
+    outputs = SimpleNamespace(**{k: root / f"chunk.{k}" for k in ("image", "text", "metadata", "info")})
+    options = {"device": "cpu", "precision": "fp32", "batch_size": 8, "workers": 0}
+    embed_chunk([shards / "00000000.tar"], index / "model.json", options, [], outputs)
+    for modality in ("image", "text"):
+        build_index([getattr(outputs, modality)], index / f"{modality}.index", index / f"{modality}.infos.json", {
+            "kind": "flat", "exact_below": 1000, "metric": "ip", "max_index_memory_usage": "1G",
+            "current_memory_available": "1G", "max_index_query_time_ms": 10, "mem_mb": 1000,
+        })
+    write_metadata([outputs.metadata], index / "metadata.arrow")
+    build_vector_index(root / "vectors", index / "model.json")
+    spec = {"demo": {"index": "index", "shards": "shards"}, "bare": {"index": "index"}, "vectors": {"index": "vectors"}}
+    (root / "indices.json").write_text(json.dumps(spec))
+    return root / "indices.json"
+
+
+def planted_vectors() -> np.ndarray:
+    """Random unit vectors (nearly orthogonal in 384 dimensions), rows 24 and 25 near-copies of row 5."""
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((26, 384)).astype(np.float32)
+    for row in DUPLICATE_OF:
+        vectors[row] = vectors[5] + 0.1 * rng.standard_normal(384)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def build_vector_index(folder: Path, manifest: Path) -> None:
+    """An index of crafted embeddings (the random-weight model makes every image look alike)."""
+    folder.mkdir()
+    vectors = planted_vectors()
+    np.save(folder / "vectors.npy", vectors.astype(np.float16))
+    pd.DataFrame({"uid": [f"v{i}" for i in range(26)], "url": [f"http://x/{i}" for i in range(26)],
+                  "caption": [f"vector {i}" for i in range(26)]}).to_parquet(folder / "metadata.parquet")
+    for modality in ("image", "text"):
+        build_index([folder / "vectors.npy"], folder / f"{modality}.index", folder / f"{modality}.infos.json", {
+            "kind": "flat", "exact_below": 1000, "metric": "ip", "max_index_memory_usage": "1G",
+            "current_memory_available": "1G", "max_index_query_time_ms": 10, "mem_mb": 1000,
+        })
+    write_metadata([folder / "metadata.parquet"], folder / "metadata.arrow")
+    shutil.copyfile(manifest, folder / "model.json")
+
+
+class Server:
+    def __init__(self, indices: Path, *options: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "clipflow.cli", "serve", "--indices", str(indices), "--port", str(self.port)]
+        self.process = subprocess.Popen([*command, "--max-num-images", "50", "--max-body-mb", "1", *options])
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.process.poll() is None, "the server exited"
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=1)
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+
+    def request(self, path: str, body=None, raw: bytes | None = None, content_type="application/json"):
+        """(status, parsed JSON or bytes) of a GET, or of a POST of `body` as JSON (or `raw` bytes)."""
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status, payload, kind = response.status, response.read(), response.headers["Content-Type"]
+        except urllib.error.HTTPError as error:
+            status, payload, kind = error.code, error.read(), error.headers["Content-Type"]
+        return status, json.loads(payload) if "json" in kind else payload
+
+    def knn(self, **body):
+        return self.request("/knn-service", body)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def indices(tmp_path_factory):
+    return build_index_folder(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="module")
+def server(indices):
+    server = Server(indices)
+    yield server
+    server.stop()
+
+
+def test_indices_list_and_health(server):
+    assert server.request("/indices-list") == (200, ["demo", "bare", "vectors"])
+    status, health = server.request("/health")
+    assert status == 200 and health["status"] == "ok" and health["indices"] == {"demo": 26, "bare": 26, "vectors": 26}
+
+
+def test_text_query_finds_its_caption(server):
+    status, results = server.knn(text=CAPTIONS[7], modality="text", num_images=5, indice_name="demo")
+    assert status == 200 and len(results) == 5
+    assert results[0]["id"] == 7 and results[0]["caption"] == CAPTIONS[7]
+    assert results[0]["similarity"] == pytest.approx(1, abs=1e-3)
+    assert [r["similarity"] for r in results] == sorted((r["similarity"] for r in results), reverse=True)
+    assert {"url", "caption", "uid", "id", "similarity"} <= set(results[0])
+
+
+def test_base64_image_query_finds_its_image(server):
+    image = base64.b64encode(image_of(11)).decode()
+    status, results = server.knn(image=image, modality="image", num_images=3)  # indice_name null: the first
+    assert status == 200 and results[0]["id"] == 11 and results[0]["similarity"] > 0.99
+
+
+def test_embedding_query_is_normalized_first(server):
+    _, [first] = server.knn(text=CAPTIONS[3], modality="text", num_images=1)
+    _, results = server.knn(image=base64.b64encode(image_of(3)).decode(), num_images=1)
+    status, again = server.request("/metadata", {"ids": [3], "indice_name": "demo"})
+    assert status == 200 and again[0]["metadata"]["caption"] == CAPTIONS[3]
+    vector = np.random.default_rng(0).standard_normal(384) * 7  # not unit length
+    status, results = server.knn(embedding_input=vector.tolist(), num_images=26)
+    assert status == 200 and len(results) == 26 and -1 <= results[-1]["similarity"] <= results[0]["similarity"] <= 1
+
+
+def test_result_ids_page_through_metadata(server):
+    status, results = server.knn(text="a blue thing", modality="text", num_images=4, num_result_ids=20)
+    assert status == 200 and len(results) == 20
+    assert all("caption" in r for r in results[:4]) and all(set(r) == {"id", "similarity"} for r in results[4:])
+    rest = [r["id"] for r in results[4:]]
+    status, metadata = server.request("/metadata", {"ids": rest, "indice_name": "demo"})
+    assert status == 200 and [m["id"] for m in metadata] == rest
+    all_captions = CAPTIONS + [f"copy {i} of picture 5" for i in DUPLICATE_OF]
+    assert [m["metadata"]["caption"] for m in metadata] == [all_captions[i] for i in rest]
+    assert server.request("/metadata", {"ids": []}) == (200, [])
+
+
+def test_deduplicate_drops_near_duplicates_of_better_results(server):
+    query = planted_vectors()[5].tolist()
+    _, plain = server.knn(embedding_input=query, num_images=5, indice_name="vectors")
+    _, deduplicated = server.knn(embedding_input=query, num_images=5, indice_name="vectors", deduplicate=True)
+    assert [r["id"] for r in plain[:3]] == [5, 24, 25] or {r["id"] for r in plain[:3]} == {5, 24, 25}
+    assert deduplicated[0]["id"] == 5 and len(deduplicated) == 5
+    assert not {24, 25} & {r["id"] for r in deduplicated}
+
+
+def test_clip_client_request_as_sent(server):
+    """The exact JSON clip-retrieval's ClipClient posts (no Content-Type), with its filters turned off."""
+    body = {
+        "text": CAPTIONS[2], "image": None, "image_url": None, "embedding_input": None, "deduplicate": True,
+        "use_safety_model": False, "use_violence_detector": False, "indice_name": "demo", "use_mclip": False,
+        "aesthetic_score": "", "aesthetic_weight": "", "modality": "text", "num_images": 10,
+        "num_result_ids": 10, "verbose": False,
+    }
+    status, results = server.request("/knn-service", raw=json.dumps(body).encode(), content_type="")
+    assert status == 200 and results[0]["id"] == 2 and len(results) == 10
+
+
+def test_front_end_request_as_sent(server):
+    """What clip-retrieval's web front end posts (as text/plain, across origins): 40 images of 3,000 ids."""
+    body = {
+        "text": "a red thing", "image": None, "image_url": None, "modality": "image", "num_images": 40,
+        "indice_name": "demo", "num_result_ids": 3000, "use_mclip": False, "deduplicate": True,
+        "use_safety_model": False,
+    }
+    request = urllib.request.Request(server.url + "/knn-service", data=json.dumps(body).encode())
+    request.add_header("Content-Type", "text/plain;charset=UTF-8")
+    request.add_header("Origin", "http://front.example")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        results = json.loads(response.read())
+    assert 1 <= len(results) <= 26 and all("caption" in r for r in results)  # up to 40 with metadata
+
+
+def test_image_of_a_result_comes_from_its_shard(server):
+    status, data = server.request("/images/demo/11.jpg")
+    assert status == 200 and data == image_of(11)
+    assert server.request("/images/bare/11.jpg")[0] == 404  # an index served without its shards
+    assert server.request("/images/demo/999.jpg")[0] == 404
+
+
+def test_metrics_count_requests_and_batches(server):
+    server.knn(text="counted", modality="text", num_images=1)
+    status, metrics = server.request("/metrics")
+    text = metrics.decode()
+    assert status == 200
+    assert 'clipflow_requests_total{endpoint="/knn-service",status="200"}' in text
+    assert 'clipflow_batch_queries_total{stage="encode_text"}' in text
+    assert 'clipflow_index_vectors{index="demo"} 26.0' in text
+
+
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        ({}, 400, "text"),
+        ({"text": "x", "indice_name": "nope"}, 404, "indice_name"),
+        ({"text": "x", "modality": "audio"}, 400, "modality"),
+        ({"text": "x", "num_images": 51}, 400, "num_images"),
+        ({"text": "x", "num_images": "5"}, 400, "num_images"),
+        ({"text": "x", "num_result_ids": 10001}, 400, "num_result_ids"),
+        ({"text": "x", "deduplicate": "yes"}, 400, "deduplicate"),
+        ({"text": 5}, 400, "text"),
+        ({"image": "not base64!"}, 400, "image"),
+        ({"image": base64.b64encode(b"<html>not an image</html>").decode()}, 400, "image"),
+        ({"image_url": "ftp://example.com/a.jpg"}, 400, "image_url"),
+        ({"image_url": "file:///etc/passwd"}, 400, "image_url"),
+        ({"image_url": "http://127.0.0.1:1/a.jpg"}, 400, "image_url"),
+        ({"image_url": "http://localhost:1/a.jpg"}, 400, "image_url"),
+        ({"image_url": "http://[::1]:1/a.jpg"}, 400, "image_url"),
+        ({"embedding_input": [0.1, 0.2]}, 400, "embedding_input"),
+        ({"embedding_input": [0.0] * 384}, 400, "embedding_input"),
+        ({"text": "x", "use_safety_model": True}, 400, "use_safety_model"),
+        ({"text": "x", "use_violence_detector": True}, 400, "use_violence_detector"),
+        ({"text": "x", "use_mclip": True}, 400, "use_mclip"),
+        ({"text": "x", "aesthetic_score": 9, "aesthetic_weight": 0.5}, 400, "aesthetic_score"),
+    ],
+)
+def test_bad_queries_name_the_field(server, body, status, field):
+    answer_status, answer = server.knn(**body)
+    assert (answer_status, answer["field"]) == (status, field), answer
+    assert answer["error"]
+
+
+def test_clip_client_defaults_are_refused_clearly(server):
+    """ClipClient's defaults ask for a safety model and aesthetic scoring, which this server does not have."""
+    body = {"text": "x", "deduplicate": True, "use_safety_model": True, "use_violence_detector": True,
+            "aesthetic_score": 9, "aesthetic_weight": 0.5, "modality": "image", "num_images": 40}
+    status, answer = server.knn(**body)
+    assert status == 400 and "use_safety_model" in answer["error"]
+
+
+def test_malformed_bodies(server):
+    assert server.request("/knn-service", raw=b"{not json")[1]["field"] == "body"
+    assert server.request("/knn-service", raw=b"[1, 2]")[1]["field"] == "body"
+    status, answer = server.request("/knn-service", raw=b"x" * (2 * 2**20))
+    assert (status, answer["field"]) == (413, "body")
+    status, answer = server.request("/metadata", {"ids": [0, 26]})
+    assert (status, answer["field"]) == (400, "ids")
+    assert server.request("/metadata", {"ids": "0"})[1]["field"] == "ids"
+
+
+def test_image_url_queries(indices, image_server):
+    """Fetching image_url: allowed here only because this server is told that private addresses are fine."""
+    server = Server(indices, "--allow-private-urls")
+    try:
+        status, results = server.knn(image_url=f"{image_server}/good/1.jpg", num_images=2)
+        assert status == 200 and len(results) == 2
+        status, redirected = server.knn(image_url=f"{image_server}/redirect.jpg", num_images=2)
+        assert status == 200 and redirected[0]["id"] == server.knn(
+            image_url=f"{image_server}/good/0.jpg", num_images=1)[1][0]["id"]
+        status, answer = server.knn(image_url=f"{image_server}/missing.jpg")
+        assert (status, answer["field"]) == (400, "image_url") and "404" in answer["error"]
+        status, answer = server.knn(image_url=f"{image_server}/page.jpg")
+        assert (status, answer["field"]) == (400, "image_url")
+    finally:
+        server.stop()

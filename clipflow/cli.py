@@ -23,10 +23,20 @@ def _plan(args) -> None:
 def _query(args) -> None:
     from clipflow.query import format_results, run_query
 
-    if bool(args.text) == bool(args.image):
-        raise ClipflowError("give either a text query or --image PATH_OR_URL")
     results = run_query(args.index, args.text, args.image, args.modality, args.k)
     print(format_results(results, args.format))
+
+
+def _filter(args) -> None:
+    from clipflow.filtering import filter_index
+
+    counts = filter_index(
+        args.index, args.shards, args.output, args.text, args.image, args.modality, args.k, args.threshold
+    )
+    print(
+        f"{counts['matches']} matches written to {args.output}/matches.parquet, "
+        f"{counts['images']} images to {args.output}/images ({counts['images_missing']} not in the shards)"
+    )
 
 
 def _serve(args) -> None:
@@ -64,6 +74,17 @@ def main(argv: list[str] | None = None) -> None:
     query.add_argument("-k", type=int, default=10, help="how many results")
     query.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
     query.set_defaults(run=_query)
+
+    export = commands.add_parser("filter", help="export the samples matching a query: parquet and images")
+    export.add_argument("text", nargs="?", help="a text query")
+    export.add_argument("--image", help="an image file or http(s) URL to query with")
+    export.add_argument("--index", default="results/index", help="the index folder the workflow wrote")
+    export.add_argument("--shards", default="results/shards", help="the shards the images are read from")
+    export.add_argument("--modality", choices=["image", "text"], default="image", help="which embeddings to search")
+    export.add_argument("-k", type=int, help="at most this many matches")
+    export.add_argument("--threshold", type=float, help="only matches with at least this similarity")
+    export.add_argument("--output", required=True, help="folder for matches.parquet and images/")
+    export.set_defaults(run=_filter)
 
     serve = commands.add_parser("serve", help="clip-retrieval's back-end HTTP API and a search page")
     serve.add_argument(

@@ -2,24 +2,31 @@
 
 import json
 
+import numpy as np
+
+from clipflow.errors import ClipflowError
 from clipflow.searcher import ClipIndex, load_image
 
 OUTPUT_COLUMNS = ("rank", "similarity", "id", "uid", "url", "caption")
 
 
-def run_query(index_folder, text: str | None, image: str | None, modality: str, k: int) -> list[dict]:
-    index = ClipIndex(index_folder)
-    index.index(modality)
+def encode_query(index: ClipIndex, text: str | None, image: str | None) -> np.ndarray:
+    """The embedding of a text, or of an image file or URL, by the model the index was built with."""
+    if bool(text) == bool(image):
+        raise ClipflowError("give either a text query or --image PATH_OR_URL")
     image_query = load_image(image) if image else None
     from clipflow.model import load_model  # torch loads only once the inputs are known to be good
 
     model = load_model(index.model_manifest)
     if image_query:
-        pixels = model.preprocess(image_query).unsqueeze(0)
-        vector = model.encode_images(pixels).cpu().numpy()
-    else:
-        vector = model.encode_texts(model.tokenizer([text])).cpu().numpy()
-    similarities, ids = index.search(vector, modality, k)
+        return model.encode_images(model.preprocess(image_query).unsqueeze(0)).cpu().numpy()
+    return model.encode_texts(model.tokenizer([text])).cpu().numpy()
+
+
+def run_query(index_folder, text: str | None, image: str | None, modality: str, k: int) -> list[dict]:
+    index = ClipIndex(index_folder)
+    index.index(modality)
+    similarities, ids = index.search(encode_query(index, text, image), modality, k)
     found = ids[0] >= 0
     rows = index.rows(ids[0][found])
     return [

@@ -76,10 +76,27 @@ class ClipIndex:
         return self.metadata.take(pa.array(np.asarray(ids, dtype=np.int64))).to_pylist()
 
 
-def shard_image_bytes(shards_folder: Path | str, shard: str, key: str) -> bytes:
-    """The JPEG of sample `key` in webdataset shard `shard`, read straight out of the tar."""
-    with tarfile.open(Path(shards_folder) / f"{shard}.tar") as tar:
-        return tar.extractfile(f"{key}.jpg").read()
+class ShardReader:
+    """Reads samples' JPEGs straight out of the webdataset shards, each tar's member offsets read once."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+        self.offsets: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def image_bytes(self, shard: str, key: str) -> bytes | None:
+        """The JPEG of sample `key` in shard `shard`, or None when there is no such sample."""
+        path = self.folder / f"{shard}.tar"
+        if shard not in self.offsets:
+            if not path.exists():
+                return None
+            with tarfile.open(path) as tar:
+                self.offsets[shard] = {m.name: (m.offset_data, m.size) for m in tar.getmembers()}
+        offset, size = self.offsets[shard].get(f"{key}.jpg", (None, None))
+        if offset is None:
+            return None
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
 
 
 def load_image(source: str, timeout: float = 10) -> Image.Image:

@@ -14,7 +14,6 @@ import ipaddress
 import json
 import logging
 import socket
-import tarfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from PIL import Image
 
 from clipflow.batcher import MicroBatcher
 from clipflow.errors import ClipflowError
-from clipflow.searcher import MODALITIES, ClipIndex
+from clipflow.searcher import MODALITIES, ClipIndex, ShardReader
 
 log = logging.getLogger(__name__)
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
@@ -101,9 +100,8 @@ class ServedIndex:
     name: str
     index: ClipIndex
     encoder: Encoder
-    shards: Path | None
+    shards: ShardReader | None
     searchers: dict = field(default_factory=dict)
-    tar_members: dict = field(default_factory=dict)
 
     def searcher(self, modality: str, max_batch: int) -> MicroBatcher:
         if modality not in self.searchers:
@@ -118,23 +116,12 @@ class ServedIndex:
         return self.searchers[modality]
 
     def image_bytes(self, row_id: int) -> bytes | None:
-        """The JPEG of row `row_id`, read from its shard with the tar's member offsets cached."""
         if self.shards is None or not 0 <= row_id < self.index.metadata.num_rows:
             return None
         row = self.index.rows([row_id])[0]
-        shard, key = row.get("shard"), row.get("key")
-        path = self.shards / f"{shard}.tar"
-        if not shard or not key or not path.exists():
+        if not row.get("shard") or not row.get("key"):
             return None
-        if shard not in self.tar_members:
-            with tarfile.open(path) as tar:
-                self.tar_members[shard] = {m.name: (m.offset_data, m.size) for m in tar.getmembers()}
-        offset, size = self.tar_members[shard].get(f"{key}.jpg", (None, None))
-        if offset is None:
-            return None
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
+        return self.shards.image_bytes(row["shard"], row["key"])
 
 
 def load_indices(indices_json: Path | str, limits: Limits) -> dict[str, ServedIndex]:
@@ -160,7 +147,7 @@ def load_indices(indices_json: Path | str, limits: Limits) -> dict[str, ServedIn
         manifest = index.model_manifest.read_bytes()
         if manifest not in encoders:
             encoders[manifest] = Encoder(index.model_manifest, limits.max_batch)
-        shards = path.parent / entry["shards"] if entry.get("shards") else None
+        shards = ShardReader(path.parent / entry["shards"]) if entry.get("shards") else None
         served[name] = ServedIndex(name, index, encoders[manifest], shards)
     return served
 
@@ -201,7 +188,9 @@ class Service:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
             registry=self.registry,
         )
-        vectors = prometheus_client.Gauge("clipflow_index_vectors", "vectors per index", ["index"], registry=self.registry)
+        vectors = prometheus_client.Gauge(
+            "clipflow_index_vectors", "vectors per index", ["index"], registry=self.registry
+        )
         for name, served in indices.items():
             vectors.labels(name).set(served.index.metadata.num_rows)
         self.registry.register(_BatcherCollector(self))
@@ -321,7 +310,7 @@ class Service:
             if body.get(option):
                 raise RequestError(option, f"{option}: this server has no such model; send false or leave it out")
         if body.get("aesthetic_score") not in (None, ""):
-            raise RequestError("aesthetic_score", "aesthetic_score: this server has no aesthetic model; send \"\"")
+            raise RequestError("aesthetic_score", 'aesthetic_score: this server has no aesthetic model; send ""')
         modality = body.get("modality", "image")
         if modality not in MODALITIES:
             raise RequestError("modality", f"modality must be one of {list(MODALITIES)}, not {modality!r}")
@@ -370,7 +359,9 @@ class Service:
             ):
                 raise RequestError("embedding_input", "embedding_input must be a list of numbers")
             if len(vector) != encoder.dim:
-                raise RequestError("embedding_input", f"embedding_input has {len(vector)} values, the index {encoder.dim}")
+                raise RequestError(
+                    "embedding_input", f"embedding_input has {len(vector)} values, the index {encoder.dim}"
+                )
             vector = np.asarray(vector, dtype=np.float32)
             norm = float(np.linalg.norm(vector))
             if not np.isfinite(norm) or norm == 0:

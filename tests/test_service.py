@@ -39,15 +39,27 @@ def build_index_folder(root: Path) -> Path:
     captions = CAPTIONS + [f"copy {i} of picture 5" for i in DUPLICATE_OF]
     samples = [(f"00000000{row:04d}", image_of(row), caption) for row, caption in enumerate(captions)]
     write_shard(shards / "00000000.tar", samples)
-    fetch_model({"model": "ViT-S-32", "pretrained": "none", "checkpoint": None, "cache_dir": "unused"}, index / "model.json")
+    fetch_model(
+        {"model": "ViT-S-32", "pretrained": "none", "checkpoint": None, "cache_dir": "unused"}, index / "model.json"
+    )
     outputs = SimpleNamespace(**{k: root / f"chunk.{k}" for k in ("image", "text", "metadata", "info")})
     options = {"device": "cpu", "precision": "fp32", "batch_size": 8, "workers": 0}
     embed_chunk([shards / "00000000.tar"], index / "model.json", options, [], outputs)
     for modality in ("image", "text"):
-        build_index([getattr(outputs, modality)], index / f"{modality}.index", index / f"{modality}.infos.json", {
-            "kind": "flat", "exact_below": 1000, "metric": "ip", "max_index_memory_usage": "1G",
-            "current_memory_available": "1G", "max_index_query_time_ms": 10, "mem_mb": 1000,
-        })
+        build_index(
+            [getattr(outputs, modality)],
+            index / f"{modality}.index",
+            index / f"{modality}.infos.json",
+            {
+                "kind": "flat",
+                "exact_below": 1000,
+                "metric": "ip",
+                "max_index_memory_usage": "1G",
+                "current_memory_available": "1G",
+                "max_index_query_time_ms": 10,
+                "mem_mb": 1000,
+            },
+        )
     write_metadata([outputs.metadata], index / "metadata.arrow")
     build_vector_index(root / "vectors", index / "model.json")
     spec = {"demo": {"index": "index", "shards": "shards"}, "bare": {"index": "index"}, "vectors": {"index": "vectors"}}
@@ -69,13 +81,28 @@ def build_vector_index(folder: Path, manifest: Path) -> None:
     folder.mkdir()
     vectors = planted_vectors()
     np.save(folder / "vectors.npy", vectors.astype(np.float16))
-    pd.DataFrame({"uid": [f"v{i}" for i in range(26)], "url": [f"http://x/{i}" for i in range(26)],
-                  "caption": [f"vector {i}" for i in range(26)]}).to_parquet(folder / "metadata.parquet")
+    pd.DataFrame(
+        {
+            "uid": [f"v{i}" for i in range(26)],
+            "url": [f"http://x/{i}" for i in range(26)],
+            "caption": [f"vector {i}" for i in range(26)],
+        }
+    ).to_parquet(folder / "metadata.parquet")
     for modality in ("image", "text"):
-        build_index([folder / "vectors.npy"], folder / f"{modality}.index", folder / f"{modality}.infos.json", {
-            "kind": "flat", "exact_below": 1000, "metric": "ip", "max_index_memory_usage": "1G",
-            "current_memory_available": "1G", "max_index_query_time_ms": 10, "mem_mb": 1000,
-        })
+        build_index(
+            [folder / "vectors.npy"],
+            folder / f"{modality}.index",
+            folder / f"{modality}.infos.json",
+            {
+                "kind": "flat",
+                "exact_below": 1000,
+                "metric": "ip",
+                "max_index_memory_usage": "1G",
+                "current_memory_available": "1G",
+                "max_index_query_time_ms": 10,
+                "mem_mb": 1000,
+            },
+        )
     write_metadata([folder / "metadata.parquet"], folder / "metadata.arrow")
     shutil.copyfile(manifest, folder / "model.json")
 
@@ -182,10 +209,21 @@ def test_deduplicate_drops_near_duplicates_of_better_results(server):
 def test_clip_client_request_as_sent(server):
     """The exact JSON clip-retrieval's ClipClient posts (no Content-Type), with its filters turned off."""
     body = {
-        "text": CAPTIONS[2], "image": None, "image_url": None, "embedding_input": None, "deduplicate": True,
-        "use_safety_model": False, "use_violence_detector": False, "indice_name": "demo", "use_mclip": False,
-        "aesthetic_score": "", "aesthetic_weight": "", "modality": "text", "num_images": 10,
-        "num_result_ids": 10, "verbose": False,
+        "text": CAPTIONS[2],
+        "image": None,
+        "image_url": None,
+        "embedding_input": None,
+        "deduplicate": True,
+        "use_safety_model": False,
+        "use_violence_detector": False,
+        "indice_name": "demo",
+        "use_mclip": False,
+        "aesthetic_score": "",
+        "aesthetic_weight": "",
+        "modality": "text",
+        "num_images": 10,
+        "num_result_ids": 10,
+        "verbose": False,
     }
     status, results = server.request("/knn-service", raw=json.dumps(body).encode(), content_type="")
     assert status == 200 and results[0]["id"] == 2 and len(results) == 10
@@ -194,8 +232,15 @@ def test_clip_client_request_as_sent(server):
 def test_front_end_request_as_sent(server):
     """What clip-retrieval's web front end posts (as text/plain, across origins): 40 images of 3,000 ids."""
     body = {
-        "text": "a red thing", "image": None, "image_url": None, "modality": "image", "num_images": 40,
-        "indice_name": "demo", "num_result_ids": 3000, "use_mclip": False, "deduplicate": True,
+        "text": "a red thing",
+        "image": None,
+        "image_url": None,
+        "modality": "image",
+        "num_images": 40,
+        "indice_name": "demo",
+        "num_result_ids": 3000,
+        "use_mclip": False,
+        "deduplicate": True,
         "use_safety_model": False,
     }
     request = urllib.request.Request(server.url + "/knn-service", data=json.dumps(body).encode())
@@ -258,8 +303,16 @@ def test_bad_queries_name_the_field(server, body, status, field):
 
 def test_clip_client_defaults_are_refused_clearly(server):
     """ClipClient's defaults ask for a safety model and aesthetic scoring, which this server does not have."""
-    body = {"text": "x", "deduplicate": True, "use_safety_model": True, "use_violence_detector": True,
-            "aesthetic_score": 9, "aesthetic_weight": 0.5, "modality": "image", "num_images": 40}
+    body = {
+        "text": "x",
+        "deduplicate": True,
+        "use_safety_model": True,
+        "use_violence_detector": True,
+        "aesthetic_score": 9,
+        "aesthetic_weight": 0.5,
+        "modality": "image",
+        "num_images": 40,
+    }
     status, answer = server.knn(**body)
     assert status == 400 and "use_safety_model" in answer["error"]
 
@@ -281,8 +334,10 @@ def test_image_url_queries(indices, image_server):
         status, results = server.knn(image_url=f"{image_server}/good/1.jpg", num_images=2)
         assert status == 200 and len(results) == 2
         status, redirected = server.knn(image_url=f"{image_server}/redirect.jpg", num_images=2)
-        assert status == 200 and redirected[0]["id"] == server.knn(
-            image_url=f"{image_server}/good/0.jpg", num_images=1)[1][0]["id"]
+        assert (
+            status == 200
+            and redirected[0]["id"] == server.knn(image_url=f"{image_server}/good/0.jpg", num_images=1)[1][0]["id"]
+        )
         status, answer = server.knn(image_url=f"{image_server}/missing.jpg")
         assert (status, answer["field"]) == (400, "image_url") and "404" in answer["error"]
         status, answer = server.knn(image_url=f"{image_server}/page.jpg")

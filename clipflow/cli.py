@@ -47,6 +47,7 @@ def _serve(args) -> None:
         max_result_ids=args.max_result_ids,
         max_body_bytes=args.max_body_mb * 2**20,
         allow_private_urls=args.allow_private_urls,
+        precision=args.precision,
     )
     serve(args.indices, args.host, args.port, limits)
 
@@ -97,6 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--max-body-mb", type=int, default=10, help="largest request body (and fetched image)")
     serve.add_argument(
         "--allow-private-urls", action="store_true", help="let image_url reach private and loopback addresses"
+    )
+    serve.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        default="auto",
+        help="query encoders' precision: auto is fp16 on a GPU, fp32 on a CPU; bf16 is ~1.6x faster on CPUs with "
+        "AVX512-BF16 (cosine to fp32 > 0.9999)",
     )
     serve.set_defaults(run=_serve)
 

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 import prometheus_client
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, ThreadedResolver, web
@@ -43,6 +44,7 @@ class Limits:
     allow_private_urls: bool = False
     image_url_timeout: float = 10
     max_batch: int = 64
+    precision: str = "auto"
 
 
 class RequestError(Exception):
@@ -56,10 +58,10 @@ class RequestError(Exception):
 class Encoder:
     """One model shared by every index that uses it; texts and images batched across requests."""
 
-    def __init__(self, manifest: Path, max_batch: int):
+    def __init__(self, manifest: Path, max_batch: int, precision: str):
         from clipflow.model import load_model
 
-        self.model = load_model(manifest)
+        self.model = load_model(manifest, precision=precision)
         self.dim = self.model.model.visual.output_dim
         self.texts = MicroBatcher(self._encode_texts, max_batch, "encode-text")
         self.images = MicroBatcher(self._encode_images, max_batch, "encode-image")
@@ -146,7 +148,7 @@ def load_indices(indices_json: Path | str, limits: Limits) -> dict[str, ServedIn
             index.index(modality)  # fail at start, not at the first query
         manifest = index.model_manifest.read_bytes()
         if manifest not in encoders:
-            encoders[manifest] = Encoder(index.model_manifest, limits.max_batch)
+            encoders[manifest] = Encoder(index.model_manifest, limits.max_batch, limits.precision)
         shards = ShardReader(path.parent / entry["shards"]) if entry.get("shards") else None
         served[name] = ServedIndex(name, index, encoders[manifest], shards)
     return served
@@ -451,6 +453,8 @@ def _distinct(faiss_index, ids: np.ndarray) -> np.ndarray:
 
 
 def serve(indices_json: Path | str, host: str, port: int, limits: Limits) -> None:
+    # Batched queries are small: OpenMP threads would spin between them and take the event loop's CPU.
+    faiss.omp_set_num_threads(1)
     service = Service(load_indices(indices_json, limits), limits)
     log.info("serving %s on http://%s:%d", list(service.indices), host, port)
     web.run_app(service.app(), host=host, port=port, print=None, access_log=None)

@@ -9,6 +9,7 @@ through the encoders and the faiss search; indices and metadata are memory-mappe
 import asyncio
 import base64
 import binascii
+import errno
 import io
 import ipaddress
 import json
@@ -160,7 +161,8 @@ class PublicResolver(ThreadedResolver):
     async def resolve(self, host, port=0, family=socket.AF_INET):
         addresses = [a for a in await super().resolve(host, port, family) if is_public(a["host"])]
         if not addresses:
-            raise OSError(f"{host} resolves only to private addresses")
+            # errno + strerror so that aiohttp's connection error keeps the reason in its message
+            raise OSError(errno.EACCES, f"{host} resolves only to private addresses")
         return addresses
 
 

@@ -19,6 +19,7 @@ include: "rules/demo.smk"
 include: "rules/download.smk"
 include: "rules/embed.smk"
 include: "rules/index.smk"
+include: "rules/curate.smk"
 
 
 rule all:

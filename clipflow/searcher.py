@@ -77,26 +77,39 @@ class ClipIndex:
 
 
 class ShardReader:
-    """Reads samples' JPEGs straight out of the webdataset shards, each tar's member offsets read once."""
+    """Reads samples straight out of the webdataset shards, each tar's member offsets read once."""
 
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
-        self.offsets: dict[str, dict[str, tuple[int, int]]] = {}
+        self.members: dict[str, dict[str, dict[str, tuple[int, int]]]] = {}  # shard -> key -> ext -> place
+
+    def _members(self, shard: str) -> dict:
+        if shard not in self.members:
+            path = self.folder / f"{shard}.tar"
+            self.members[shard] = {}
+            if path.exists():
+                with tarfile.open(path) as tar:
+                    for member in tar.getmembers():
+                        key, _, ext = member.name.partition(".")
+                        self.members[shard].setdefault(key, {})[ext] = (member.offset_data, member.size)
+        return self.members[shard]
+
+    def sample(self, shard: str, key: str, exts: tuple[str, ...] | None = None) -> dict[str, bytes]:
+        """The files of sample `key` in shard `shard` by extension, all or those in `exts`
+        ({} when there is no such sample)."""
+        places = self._members(shard).get(key, {})
+        wanted = [(ext, place) for ext, place in places.items() if exts is None or ext in exts]
+        sample = {}
+        if wanted:
+            with open(self.folder / f"{shard}.tar", "rb") as f:
+                for ext, (offset, size) in wanted:
+                    f.seek(offset)
+                    sample[ext] = f.read(size)
+        return sample
 
     def image_bytes(self, shard: str, key: str) -> bytes | None:
         """The JPEG of sample `key` in shard `shard`, or None when there is no such sample."""
-        path = self.folder / f"{shard}.tar"
-        if shard not in self.offsets:
-            if not path.exists():
-                return None
-            with tarfile.open(path) as tar:
-                self.offsets[shard] = {m.name: (m.offset_data, m.size) for m in tar.getmembers()}
-        offset, size = self.offsets[shard].get(f"{key}.jpg", (None, None))
-        if offset is None:
-            return None
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
+        return self.sample(shard, key, ("jpg",)).get("jpg")
 
 
 def load_image(source: str, timeout: float = 10) -> Image.Image:

@@ -16,6 +16,8 @@ DEMO_DIR = "results/demo"
 EMBEDDINGS_DIR = "results/embeddings"
 INDEX_DIR = "results/index"
 MODEL_MANIFEST = "results/model.json"
+CURATE_DIR = "results/curate"
+SUBSETS_DIR = f"{CURATE_DIR}/subsets"
 EMBEDDING_SUFFIXES = {"image": "npy", "text": "npy", "metadata": "parquet", "info": "json"}
 
 
@@ -23,6 +25,8 @@ wildcard_constraints:
     batch=r"\d{8}",
     chunk=r"\d{8}",
     modality="image|text",
+    filter=r"[A-Za-z0-9_-]+",
+    subset=r"[A-Za-z0-9_-]+",
 
 
 def current_plan():
@@ -83,6 +87,20 @@ CHUNKS = consecutive(PLAN.shards, config["embed"]["shards_per_job"])
 reopen_incomplete_batches()
 
 
+def check_subsets():
+    filters = config["curate"]["filters"]
+    for subset, spec in config["curate"]["subsets"].items():
+        unknown = [name for name in spec["filters"] if name not in filters]
+        if unknown:
+            raise WorkflowError(
+                f"curate.subsets.{subset}.filters names {unknown}, not in curate.filters "
+                f"({sorted(filters)})"
+            )
+
+
+check_subsets()
+
+
 def demo_images(wildcards):
     return [f"{DEMO_DIR}/site/images"] if config["demo"]["enabled"] else []
 
@@ -137,6 +155,27 @@ def chunk_outputs(kind):
     return expand(f"{EMBEDDINGS_DIR}/{kind}/{{chunk}}.{EMBEDDING_SUFFIXES[kind]}", chunk=CHUNKS)
 
 
+def filter_embeddings(wildcards):
+    options = config["curate"]["filters"][wildcards.filter]
+    return chunk_outputs(options["modality"]) if options["kind"] == "semantic_dedup" else []
+
+
+def subset_filter_outputs(wildcards, extension):
+    names = config["curate"]["subsets"][wildcards.subset]["filters"]
+    return expand(f"{CURATE_DIR}/filters/{{name}}.{extension}", name=names)
+
+
+def curation_outputs():
+    subsets = config["curate"]["subsets"]
+    files = expand(
+        f"{SUBSETS_DIR}/{{subset}}/{{name}}",
+        subset=subsets,
+        name=["uids.npy", "kept.parquet", "summary.json"],
+    )
+    resharded = [name for name, spec in subsets.items() if spec["reshard"]]
+    return files + expand(f"{SUBSETS_DIR}/{{subset}}/shards/reshard.json", subset=resharded)
+
+
 def get_final_outputs():
     # Batch records and embeddings are asked for directly: Snakemake 9 does not rebuild a deleted
     # intermediate whose consumers are up to date.
@@ -147,4 +186,10 @@ def get_final_outputs():
     summaries = expand(
         "results/summary/{name}", name=["download.json", "download.png", "embeddings.json"]
     )
-    return [*batch_records(BATCHES), *sum(embeddings, []), *index, *summaries]
+    return [
+        *batch_records(BATCHES),
+        *sum(embeddings, []),
+        *index,
+        *summaries,
+        *curation_outputs(),
+    ]

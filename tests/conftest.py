@@ -48,6 +48,10 @@ class PathologicalHandler(http.server.BaseHTTPRequestHandler):
         if path.startswith("/good/"):
             n = int(path.split("/")[-1].split(".")[0])
             self._send(200, jpeg(color=((n * 37) % 256, (n * 91) % 256, (n * 53) % 256), seed=n))
+        elif path.startswith("/sized/"):  # /sized/WxH/N.jpg[?anything]: a distinct image of that size
+            _, _, size, name = path.split("?")[0].split("/")
+            width, height = map(int, size.split("x"))
+            self._send(200, jpeg(size=(width, height), seed=int(name.split(".")[0])))
         elif path == "/error.jpg":
             self._send(500, b"internal error", "text/plain")
         elif path == "/slow.jpg":

@@ -1,0 +1,77 @@
+"""The pool that curation works on, the subsets its filters select, and DataComp's subset file.
+
+Pool row i is index id i: the embedded rows in chunk order, with their image-text similarity and the
+original image size from the download's parquet.
+"""
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from clipflow.errors import ClipflowError
+from clipflow.reporting import pair_similarities
+
+SIZE_COLUMNS = ["original_width", "original_height"]
+UID = re.compile(r"^[0-9a-fA-F]{32}$")
+
+
+def build_pool(metadata_paths, image_paths, text_paths, shard_parquets) -> pd.DataFrame:
+    pool = pd.concat([pd.read_parquet(p) for p in metadata_paths], ignore_index=True)
+    pool["clip_score"] = pair_similarities(image_paths, text_paths)
+    sizes = pd.concat([pd.read_parquet(p, columns=["key", *SIZE_COLUMNS]) for p in shard_parquets])
+    return pool.merge(sizes.dropna(subset=SIZE_COLUMNS), on="key", how="left", validate="one_to_one")
+
+
+def uid_array(uids: pd.Series) -> np.ndarray:
+    """DataComp's subset format: each 128-bit hex uid as two uint64 (high, low), sorted."""
+    bad = ~uids.astype(str).str.fullmatch(UID)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ClipflowError(
+            f"uid {uids.iloc[row]!r} (kept row {row}) is not a 128-bit hex string: DataComp subset files hold "
+            "such uids (leave input.uid_col null to derive them)"
+        )
+    pairs = np.array([(int(u[:16], 16), int(u[16:], 16)) for u in uids], dtype="u8,u8")
+    return np.sort(pairs, order=["f0", "f1"])
+
+
+def combine(pool: pd.DataFrame, filter_tables: dict[str, pd.DataFrame]) -> tuple[np.ndarray, dict]:
+    """Rows every filter keeps, and how many rows each filter removes alone, as the only one, and in
+    the listed order."""
+    keep = np.ones(len(pool), bool)
+    effects = {}
+    masks = {}
+    for name, table in filter_tables.items():
+        if len(table) != len(pool) or not (table["key"].to_numpy() == pool["key"].to_numpy()).all():
+            raise ClipflowError(f"filter {name} was computed on another pool: rerun it")
+        masks[name] = table["keep"].to_numpy()
+    for name, mask in masks.items():
+        others = np.logical_and.reduce([m for n, m in masks.items() if n != name] or [np.ones(len(pool), bool)])
+        effects[name] = {
+            "removed_alone": int((~mask).sum()),
+            "removed_only_by_it": int((~mask & others).sum()),
+            "removed_in_order": int((keep & ~mask).sum()),
+        }
+        keep &= mask
+    summary = {"pool": len(pool), "kept": int(keep.sum()), "removed": int((~keep).sum()), "filters": effects}
+    return keep, summary
+
+
+def examples(pool: pd.DataFrame, keep: np.ndarray, filter_tables: dict, reader, count: int = 6) -> list[tuple]:
+    """Up to `count` kept and `count` removed rows (spread over the pool) as (title, image, caption),
+    a removed row titled with the first filter that removed it."""
+    chosen = []
+    for wanted in (True, False):
+        rows = np.flatnonzero(keep == wanted)
+        for row in rows[np.linspace(0, len(rows) - 1, min(count, len(rows))).astype(int)] if len(rows) else []:
+            image = reader.image_bytes(pool["shard"].iat[row], pool["key"].iat[row])
+            if wanted:
+                title = f"kept ({pool['clip_score'].iat[row]:.3f})"
+            else:
+                name = next(n for n, t in filter_tables.items() if not t["keep"].iat[row])
+                detail = filter_tables[name]["detail"].iat[row] if "detail" in filter_tables[name] else None
+                title = f"removed: {name}" + (f" ({detail})" if detail is not None else "")
+            if image is not None:
+                chosen.append((title, image, pool["caption"].iat[row]))
+    return chosen

@@ -1,0 +1,103 @@
+rule curate_pool:
+    input:
+        metadata=chunk_outputs("metadata"),
+        image=chunk_outputs("image"),
+        text=chunk_outputs("text"),
+        batches=batch_records(BATCHES),
+    output:
+        pool=f"{CURATE_DIR}/pool.parquet",
+    log:
+        "logs/curate/pool.log",
+    conda:
+        "../envs/curate.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
+    params:
+        parquets=expand(f"{SHARDS_DIR}/{{shard}}.parquet", shard=PLAN.shards),
+    script:
+        "../scripts/curate_pool.py"
+
+
+rule curate_filter:
+    input:
+        pool=f"{CURATE_DIR}/pool.parquet",
+        embeddings=filter_embeddings,
+    output:
+        table=f"{CURATE_DIR}/filters/{{filter}}.parquet",
+        info=f"{CURATE_DIR}/filters/{{filter}}.json",
+    log:
+        "logs/curate/filter_{filter}.log",
+    conda:
+        "../envs/curate.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
+    params:
+        options=lambda wildcards: config["curate"]["filters"][wildcards.filter],
+    script:
+        "../scripts/curate_filter.py"
+
+
+rule curate_subset:
+    input:
+        pool=f"{CURATE_DIR}/pool.parquet",
+        tables=lambda wildcards: subset_filter_outputs(wildcards, "parquet"),
+        infos=lambda wildcards: subset_filter_outputs(wildcards, "json"),
+        batches=batch_records(BATCHES),
+    output:
+        uids=f"{SUBSETS_DIR}/{{subset}}/uids.npy",
+        kept=f"{SUBSETS_DIR}/{{subset}}/kept.parquet",
+        summary=f"{SUBSETS_DIR}/{{subset}}/summary.json",
+        effects=report(
+            f"{SUBSETS_DIR}/{{subset}}/filter_effects.png",
+            caption="../report/filter_effects.rst",
+            category="Curation",
+            subcategory="{subset}",
+        ),
+        score_cut=report(
+            f"{SUBSETS_DIR}/{{subset}}/clip_score_cut.png",
+            caption="../report/clip_score_cut.rst",
+            category="Curation",
+            subcategory="{subset}",
+        ),
+        examples=report(
+            f"{SUBSETS_DIR}/{{subset}}/examples.png",
+            caption="../report/curation_examples.rst",
+            category="Curation",
+            subcategory="{subset}",
+        ),
+    log:
+        "logs/curate/subset_{subset}.log",
+    conda:
+        "../envs/curate.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
+    params:
+        filters=lambda wildcards: config["curate"]["subsets"][wildcards.subset]["filters"],
+    script:
+        "../scripts/curate_subset.py"
+
+
+# Writes NNNNNNNN.{tar,parquet,_stats.json} next to the record, which alone is the declared output:
+# an interrupted reshard keeps its finished shards for the rerun.
+rule reshard:
+    input:
+        kept=f"{SUBSETS_DIR}/{{subset}}/kept.parquet",
+        batches=batch_records(BATCHES),
+    output:
+        record=f"{SUBSETS_DIR}/{{subset}}/shards/reshard.json",
+    log:
+        "logs/curate/reshard_{subset}.log",
+    conda:
+        "../envs/curate.yaml"
+    threads: config["curate"]["reshard"]["processes"]
+    resources:
+        mem_mb=lambda wildcards, attempt: config["curate"]["reshard"]["mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
+    params:
+        options=config["curate"]["reshard"],
+    script:
+        "../scripts/reshard.py"

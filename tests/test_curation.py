@@ -1,0 +1,314 @@
+"""Curation filters, subset files, near-duplicate removal and resharding on crafted rows with known answers."""
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import webdataset as wds
+
+from clipflow.curation import basic_filter, clip_score_filter, read_vocabulary, text_based_filter
+from clipflow.errors import ClipflowError
+from clipflow.resharder import reshard
+from clipflow.semantic_dedup import near_duplicates
+from clipflow.subset import combine, uid_array
+from conftest import jpeg, run_snakemake, write_config
+
+BASIC = {
+    "min_words": 3,
+    "min_chars": 6,
+    "min_side": 200,
+    "max_aspect_ratio": 3,
+    "languages": ["en"],
+    "language_model": None,
+}
+
+
+def test_clip_score_threshold_keeps_rows_at_or_above_it():
+    scores = np.array([0.1, 0.25, 0.3, 0.24999, 0.5], np.float32)
+    keep, threshold = clip_score_filter(scores, 0.25, None)
+    assert keep.tolist() == [False, True, True, False, True] and threshold == 0.25
+
+
+def test_clip_score_top_fraction_keeps_that_share_and_ties_at_the_cut():
+    scores = np.arange(100, dtype=np.float32) / 100
+    keep, threshold = clip_score_filter(scores, None, 0.3)
+    assert keep.sum() == 30 and keep[70:].all() and threshold == pytest.approx(0.70)
+    tied = np.array([0.9, 0.5, 0.5, 0.5, 0.1], np.float32)
+    assert clip_score_filter(tied, None, 0.4)[0].tolist() == [True, True, True, True, False]
+
+
+@pytest.mark.parametrize("threshold, fraction", [(None, None), (0.2, 0.3)])
+def test_clip_score_needs_exactly_one_rule(threshold, fraction):
+    with pytest.raises(ClipflowError, match="exactly one"):
+        clip_score_filter(np.zeros(3, np.float32), threshold, fraction)
+
+
+def basic_rows() -> pd.DataFrame:
+    rows = [  # caption, original width, height, first failing check or None
+        ("a red fox standing in the snow", 640, 480, None),
+        ("a fox", 640, 480, "too few words"),
+        ("a b c", 640, 480, "caption too short"),
+        ("a tiny thumbnail of a cat", 150, 120, "image too small"),
+        ("a short side of exactly two hundred pixels", 300, 200, None),
+        ("a very wide panorama of the mountains", 1400, 400, "aspect ratio too large"),
+        ("a tall banner that is three times as high", 300, 900, None),
+        ("ein kleiner Hund spielt im Garten mit einem roten Ball", 640, 480, "not in en"),
+        ("un petit chien joue dans le jardin avec une balle rouge", 640, 480, "not in en"),
+        ("a photo with no size recorded at all", None, None, "image too small"),
+    ]
+    return pd.DataFrame(rows, columns=["caption", "original_width", "original_height", "expected"])
+
+
+def test_basic_filter_checks_words_length_size_aspect_and_language():
+    rows = basic_rows()
+    keep, reason = basic_filter(rows, BASIC)
+    assert keep.tolist() == rows["expected"].isna().tolist()
+    assert reason.tolist() == rows["expected"].tolist()
+
+
+def test_basic_filter_without_language_identification_keeps_other_languages():
+    rows = basic_rows()
+    keep, _ = basic_filter(rows, {**BASIC, "languages": []})
+    assert keep[7] and keep[8]
+
+
+def test_text_based_filter_matches_whole_words_and_phrases():
+    captions = pd.Series(
+        ["A Golden Retriever on grass", "a golden sunset", "my cat sleeps", "category theory", "CATS", None]
+    )
+    keep, matched = text_based_filter(captions, ["cat", "golden retriever", "tabby cat"])
+    assert keep.tolist() == [True, False, True, False, False, False]
+    assert matched.tolist()[:3] == ["golden retriever", None, "cat"]
+
+
+def test_vocabulary_file_takes_comma_separated_synonyms(tmp_path):
+    path = tmp_path / "classes.txt"
+    path.write_text("tench, Tinca tinca\ngoldfish\n\ngreat white shark, white shark\n")
+    assert read_vocabulary(str(path)) == ["tench", "Tinca tinca", "goldfish", "great white shark", "white shark"]
+    with pytest.raises(ClipflowError, match="missing.txt"):
+        read_vocabulary(str(tmp_path / "missing.txt"))
+
+
+def test_subset_file_is_sorted_u8_pairs_and_round_trips(tmp_path):
+    uids = pd.Series(
+        ["ffffffffffffffff0000000000000001", "0000000000000001ffffffffffffffff", "00000000000000010000000000000000"]
+    )
+    array = uid_array(uids)
+    assert array.dtype == np.dtype("u8,u8")
+    assert array.tolist() == [(1, 0), (1, 2**64 - 1), (2**64 - 1, 1)]
+    np.save(tmp_path / "subset.npy", array)
+    loaded = np.load(tmp_path / "subset.npy")
+    assert loaded.dtype == array.dtype and (loaded == array).all()
+    hex_back = [f"{hi:016x}{lo:016x}" for hi, lo in loaded.tolist()]
+    assert sorted(hex_back) == hex_back and set(hex_back) == set(uids)
+
+
+def test_subset_file_refuses_uids_that_are_not_128_bit_hex():
+    with pytest.raises(ClipflowError, match=r"'image-7' \(kept row 1\)"):
+        uid_array(pd.Series(["0" * 32, "image-7"]))
+
+
+def test_combine_counts_each_filter_alone_only_and_in_order():
+    pool = pd.DataFrame({"key": [f"{i:04d}" for i in range(6)]})
+    tables = {
+        "a": pd.DataFrame({"key": pool["key"], "keep": [True, False, False, True, True, True]}),
+        "b": pd.DataFrame({"key": pool["key"], "keep": [True, False, True, False, True, True]}),
+    }
+    keep, summary = combine(pool, tables)
+    assert keep.tolist() == [True, False, False, False, True, True]
+    assert summary["filters"]["a"] == {"removed_alone": 2, "removed_only_by_it": 1, "removed_in_order": 2}
+    assert summary["filters"]["b"] == {"removed_alone": 2, "removed_only_by_it": 1, "removed_in_order": 1}
+    assert (summary["pool"], summary["kept"], summary["removed"]) == (6, 3, 3)
+    with pytest.raises(ClipflowError, match="filter a was computed on another pool"):
+        combine(pool.iloc[:5], tables)
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("rows", [500, 30_000])  # one cell (exact), and the inverted-file index
+def test_near_duplicates_are_dropped_and_distinct_rows_kept(rows):
+    rng = np.random.default_rng(rows)
+    vectors = unit(rng.standard_normal((rows, 64)))
+    originals = rng.choice(rows // 2, 50, replace=False)
+    copies = rows // 2 + rng.choice(rows // 2, 50, replace=False)
+    vectors[copies] = unit(vectors[originals] + 0.02 * rng.standard_normal((50, 64)))  # cos ~0.99
+    parts = np.array_split(vectors.astype(np.float16), 3)  # chunk boundaries must not matter
+    duplicate_of = near_duplicates(parts, threshold=0.95, batch_size=4096)
+    assert (duplicate_of[copies] == originals).all()
+    assert (np.delete(duplicate_of, copies) == -1).all()
+
+
+def test_near_duplicates_compare_with_kept_rows_only():
+    """a ~ b and b ~ c but a !~ c: b goes (a kept), c stays, because its only close row was dropped."""
+    a = np.array([1.0, 0.0])
+    c = np.array([np.cos(0.5), np.sin(0.5)])
+    b = unit((a + c)[None])[0]
+    duplicate_of = near_duplicates([np.stack([a, b, c]).astype(np.float32)], threshold=np.cos(0.3))
+    assert duplicate_of.tolist() == [-1, 0, -1]
+
+
+def write_shards(folder, shards: int, per_shard: int) -> pd.DataFrame:
+    """Input shards as img2dataset writes them; returns their rows (shard, key, uid, caption)."""
+    folder.mkdir()
+    rows = []
+    for shard in range(shards):
+        with wds.TarWriter(str(folder / f"{shard:08d}.tar")) as writer:
+            for i in range(per_shard):
+                key, uid = f"{shard:08d}{i:04d}", f"{shard * 1000 + i:032x}"
+                caption = f"sample {shard}-{i}"
+                meta = {"uid": uid, "key": key, "caption": caption}
+                image = jpeg((40, 30), seed=shard * 100 + i)
+                writer.write({"__key__": key, "jpg": image, "txt": caption, "json": json.dumps(meta).encode()})
+                rows.append({"shard": f"{shard:08d}", "key": key, "uid": uid, "caption": caption})
+    return pd.DataFrame(rows)
+
+
+def read_shards(folder) -> list[dict]:
+    tars = sorted(str(p) for p in folder.glob("*.tar"))
+    return list(wds.WebDataset(tars, shardshuffle=False).decode("rgb8"))
+
+
+def test_reshard_writes_exactly_the_subset_and_resumes(tmp_path):
+    rows = write_shards(tmp_path / "in", shards=3, per_shard=10)
+    kept = rows.iloc[::2].sample(frac=1, random_state=0)  # 15 rows, out of order
+    out = tmp_path / "out"
+    record = reshard(kept, tmp_path / "in", out, samples_per_shard=4, processes=2)
+    assert record["shards"] == ["00000000", "00000001", "00000002", "00000003"] and record["written_now"] == 4
+
+    samples = read_shards(out)
+    assert [s["__key__"] for s in samples] == sorted(kept["key"])
+    assert [s["json"]["uid"] for s in samples] == list(kept.sort_values("key")["uid"])
+    assert all(s["txt"] == s["json"]["caption"] and s["jpg"].shape == (30, 40, 3) for s in samples)
+    stats = [json.loads((out / f"{n:08d}_stats.json").read_text()) for n in range(4)]
+    assert [s["successes"] for s in stats] == [4, 4, 4, 3]
+    assert pd.read_parquet(out / "00000003.parquet")["key"].tolist() == sorted(kept["key"])[12:]
+
+    assert reshard(kept, tmp_path / "in", out, 4, 2)["written_now"] == 0  # complete: nothing to do
+    (out / "00000001_stats.json").unlink()  # as if interrupted while writing shard 1
+    before = (out / "00000002.tar").stat().st_mtime_ns
+    assert reshard(kept, tmp_path / "in", out, 4, 2)["written_now"] == 1
+    assert (out / "00000002.tar").stat().st_mtime_ns == before
+
+    smaller = kept.iloc[:6]  # the subset changed: changed shards are rewritten, extra ones removed
+    assert reshard(smaller, tmp_path / "in", out, 4, 2)["shards"] == ["00000000", "00000001"]
+    assert [s["__key__"] for s in read_shards(out)] == sorted(smaller["key"])
+
+
+def test_reshard_names_a_sample_missing_from_its_shard(tmp_path):
+    rows = write_shards(tmp_path / "in", shards=1, per_shard=3)
+    rows.loc[1, "key"] = "000000009999"
+    with pytest.raises(ClipflowError, match="sample 000000009999 is missing from shard 00000000.tar"):
+        reshard(rows, tmp_path / "in", tmp_path / "out", samples_per_shard=10, processes=1)
+
+
+# (path on the test server, caption, kept by basic, kept by text_based, near-duplicate of row)
+WORKFLOW_ROWS = [
+    ("/sized/320x240/1.jpg", "a red fox standing in the snow", True, True, None),
+    ("/sized/150x300/2.jpg", "a small picture of a sleeping cat", False, False, None),
+    ("/sized/700x200/3.jpg", "a very wide panorama of the mountains", False, False, None),
+    ("/sized/320x240/4.jpg", "two words", False, False, None),
+    ("/sized/320x240/5.jpg", "ein kleiner Hund spielt im Garten mit einem roten Ball", False, False, None),
+    ("/sized/320x240/1.jpg?copy", "the same fox photo posted again elsewhere", True, True, 0),
+    ("/sized/400x300/6.jpg", "a Golden Retriever puppy playing on the grass", True, True, None),
+    ("/sized/300x300/7.jpg", "a bowl of fruit on a wooden kitchen table", True, False, None),
+    ("/sized/300x300/7.jpg?again", "a bowl of fruit, the same picture once more", True, False, 7),
+    ("/missing.jpg", "an image that is gone", None, None, None),
+]
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory, image_server):
+    workdir = tmp_path_factory.mktemp("curation")
+    lines = ["url,caption"] + [f'{image_server}{p},"{c}"' for p, c, *_ in WORKFLOW_ROWS]
+    (workdir / "metadata.csv").write_text("\n".join(lines) + "\n")
+    config = {
+        "input": {"paths": ["metadata.csv"]},
+        "plan": {"samples_per_shard": 4},
+        "download": {"timeout": 2, "threads": 4, "image_size": 64, "shards_per_job": 1},
+        "embed": {"model": "ViT-S-32", "pretrained": "none", "batch_size": 4, "workers": 1, "shards_per_job": 1},
+        "curate": {
+            "filters": {
+                "clip_top_half": {"kind": "clip_score", "top_fraction": 0.5},
+                "basic": {"kind": "basic"},
+                "dogs_and_foxes": {"kind": "text_based", "vocabulary": ["fox", "golden retriever"]},
+                "near_duplicates": {"kind": "semantic_dedup", "threshold": 0.999},
+            },
+            "subsets": {
+                "basic_dedup": {"filters": ["basic", "near_duplicates"], "reshard": True},
+                "all": {"filters": ["clip_top_half", "basic", "dogs_and_foxes", "near_duplicates"]},
+            },
+            "reshard": {"samples_per_shard": 2, "processes": 2},
+        },
+    }
+    write_config(workdir, config)
+    run_snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def pool_rows(workdir) -> pd.DataFrame:
+    """The pool with each row's position in WORKFLOW_ROWS."""
+    pool = pd.read_parquet(workdir / "results/curate/pool.parquet")
+    position = {path: i for i, (path, *_) in enumerate(WORKFLOW_ROWS)}
+    pool["row"] = [position[url.split("/", 3)[3].join(["/", ""])] for url in pool["url"]]
+    return pool
+
+
+def test_workflow_filters_give_the_known_answers(curated):
+    pool = pool_rows(curated)
+    assert sorted(pool["row"]) == list(range(9))  # the missing image never reaches the pool
+    filters = {
+        name: pd.read_parquet(curated / f"results/curate/filters/{name}.parquet")
+        for name in ("basic", "dogs_and_foxes", "near_duplicates", "clip_top_half")
+    }
+    expected = [WORKFLOW_ROWS[r] for r in pool["row"]]
+    assert filters["basic"]["keep"].tolist() == [e[2] for e in expected]
+    assert filters["dogs_and_foxes"]["keep"].tolist() == [e[3] for e in expected]
+    duplicate_rows = [pool["row"][pool["key"] == k].item() if k else None for k in filters["near_duplicates"]["detail"]]
+    assert duplicate_rows == [e[4] for e in expected]
+
+    image = np.concatenate([np.load(p) for p in sorted((curated / "results/embeddings/image").glob("*.npy"))])
+    text = np.concatenate([np.load(p) for p in sorted((curated / "results/embeddings/text").glob("*.npy"))])
+    scores = (image.astype(np.float32) * text.astype(np.float32)).sum(axis=1)
+    assert np.allclose(pool["clip_score"], scores, atol=1e-5)
+    assert filters["clip_top_half"]["keep"].sum() == 5
+    assert (
+        pool["clip_score"][filters["clip_top_half"]["keep"]].min()
+        >= pool["clip_score"][~filters["clip_top_half"]["keep"]].max()
+    )
+
+
+def test_workflow_subset_file_kept_rows_and_summary(curated):
+    pool = pool_rows(curated)
+    folder = curated / "results/curate/subsets/basic_dedup"
+    expected_rows = {0, 6, 7}  # basic keeps 0 5 6 7 8; 5 and 8 are copies of 0 and 7
+    expected_uids = sorted(pool["uid"][pool["row"].isin(expected_rows)])
+    subset = np.load(folder / "uids.npy")
+    assert subset.dtype == np.dtype("u8,u8")
+    assert [f"{hi:016x}{lo:016x}" for hi, lo in subset.tolist()] == expected_uids
+    assert sorted(pd.read_parquet(folder / "kept.parquet")["uid"]) == expected_uids
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (summary["pool"], summary["kept"]) == (9, 3)
+    assert summary["filters"]["basic"]["removed_alone"] == 4
+    assert summary["filters"]["near_duplicates"] == {"removed_alone": 2, "removed_only_by_it": 2, "removed_in_order": 2}
+    assert (folder / "examples.png").stat().st_size > 0 and (folder / "clip_score_cut.png").stat().st_size > 0
+
+
+def test_workflow_reshards_the_subset_and_reruns_as_a_no_op(curated):
+    pool = pool_rows(curated)
+    folder = curated / "results/curate/subsets/basic_dedup/shards"
+    samples = read_shards(folder)
+    assert sorted(s["json"]["uid"] for s in samples) == sorted(pool["uid"][pool["row"].isin({0, 6, 7})])
+    assert sorted(p.name for p in folder.glob("*_stats.json")) == ["00000000_stats.json", "00000001_stats.json"]
+    assert not (curated / "results/curate/subsets/all/shards").exists()  # reshard: false
+    result = run_snakemake(curated, "--cores", "2")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_workflow_report_shows_the_curation(curated):
+    run_snakemake(curated, "--report", "report.html")
+    html = (curated / "report.html").read_text()
+    assert "Curation" in html and "basic_dedup" in html

@@ -129,15 +129,16 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("rows", [500, 30_000])  # one cell (exact), and the inverted-file index
+@pytest.mark.parametrize("rows", [500, 30_000])  # one cluster (exact), and 30 k-means clusters
 def test_near_duplicates_are_dropped_and_distinct_rows_kept(rows):
     rng = np.random.default_rng(rows)
-    vectors = unit(rng.standard_normal((rows, 64)))
+    centres = rng.standard_normal((20, 64))  # embeddings cluster; rows of one cluster sit at cosine ~0.5
+    vectors = unit(centres[rng.integers(0, 20, rows)] + rng.standard_normal((rows, 64)))
     originals = rng.choice(rows // 2, 50, replace=False)
     copies = rows // 2 + rng.choice(rows // 2, 50, replace=False)
     vectors[copies] = unit(vectors[originals] + 0.02 * rng.standard_normal((50, 64)))  # cos ~0.99
     parts = np.array_split(vectors.astype(np.float16), 3)  # chunk boundaries must not matter
-    duplicate_of = near_duplicates(parts, threshold=0.95, batch_size=4096)
+    duplicate_of = near_duplicates(parts, threshold=0.95)
     assert (duplicate_of[copies] == originals).all()
     assert (np.delete(duplicate_of, copies) == -1).all()
 

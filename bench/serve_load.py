@@ -161,6 +161,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--precision", default="auto", help="the server's --precision")
+    parser.add_argument(
+        "--search-params", help="faiss search parameters for the synthetic index, e.g. nprobe=64,efSearch=128"
+    )
     args = parser.parse_args()
 
     demo = Path(args.demo_index)
@@ -169,7 +172,8 @@ def main() -> None:
     synthetic = Path(args.cache) / f"synthetic-{args.vectors}"
     synthetic_index(synthetic, args.vectors, demo / "model.json", args.index_memory)
     indices = Path(args.cache) / "indices.json"
-    indices.write_text(json.dumps({"demo": {"index": str(demo)}, "synthetic": {"index": str(synthetic)}}))
+    synthetic_entry = {"index": str(synthetic), **({"search_params": args.search_params} if args.search_params else {})}
+    indices.write_text(json.dumps({"demo": {"index": str(demo)}, "synthetic": synthetic_entry}))
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -190,7 +194,9 @@ def main() -> None:
                 time.sleep(0.2)
         print(f"server up in {time.perf_counter() - started:.1f} s")
         infos = json.loads((synthetic / "image.infos.json").read_text())
-        print(f"synthetic index: {args.vectors:,} vectors, {infos.get('index_key', infos.get('kind'))}")
+        print(
+            f"synthetic index: {args.vectors:,} vectors, {infos.get('index_key', infos.get('kind'))}, search params {args.search_params or infos.get('index_param')}"
+        )
         print(
             f"{'index':>10} {'query':>9} {'clients':>7} {'queries':>8} {'q/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
             f"{'errors':>6} {'server CPU ms/query':>19} {'mean batch':>10}"

@@ -10,12 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 
 class MicroBatcher:
-    """`await submit(item)` returns `run(items)[i]` for that item; `run` executes in one worker thread."""
+    """`await submit(item)` returns `run(items)[i]` for that item; `run` executes in one worker thread,
+    set up by `initializer`."""
 
-    def __init__(self, run: Callable[[list], list], max_batch: int, name: str):
+    def __init__(self, run: Callable[[list], list], max_batch: int, name: str, initializer: Callable | None = None):
         self.run, self.max_batch = run, max_batch
         self.pending: list[tuple[object, asyncio.Future]] = []
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=initializer)
         self.busy = False
         self.calls = self.items = 0  # for the metrics: items / calls is the mean batch size
 

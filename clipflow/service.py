@@ -115,7 +115,11 @@ class ServedIndex:
                 similarities, ids = faiss_index.search(vectors, max(k for _, k in queries))
                 return [(s[:k], i[:k]) for (_, k), s, i in zip(queries, similarities, ids)]
 
-            self.searchers[modality] = MicroBatcher(search, max_batch, f"search-{self.name}-{modality}")
+            # OpenMP's thread count is per thread: set it in the thread that searches. Batched queries are
+            # small, and OpenMP threads would spin between them, taking the event loop's CPU.
+            self.searchers[modality] = MicroBatcher(
+                search, max_batch, f"search-{self.name}-{modality}", lambda: faiss.omp_set_num_threads(1)
+            )
         return self.searchers[modality]
 
     def image_bytes(self, row_id: int) -> bytes | None:
@@ -128,7 +132,9 @@ class ServedIndex:
 
 
 def load_indices(indices_json: Path | str, limits: Limits) -> dict[str, ServedIndex]:
-    """indices.json: {"name": {"index": "results/index", "shards": "results/shards"}}; paths relative to it."""
+    """indices.json: {"name": {"index": "results/index", "shards": "results/shards", "search_params": "nprobe=64"}};
+    paths relative to it; shards and search_params (faiss ParameterSpace syntax, as autofaiss's index_param) optional.
+    """
     path = Path(indices_json)
     try:
         spec = json.loads(path.read_text())
@@ -141,12 +147,17 @@ def load_indices(indices_json: Path | str, limits: Limits) -> dict[str, ServedIn
     for name, entry in spec.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("index"), str):
             raise ClipflowError(f'{path}: index {name!r} needs {{"index": FOLDER}} (and optionally "shards")')
-        unknown = set(entry) - {"index", "shards"}
+        unknown = set(entry) - {"index", "shards", "search_params"}
         if unknown:
             raise ClipflowError(f"{path}: index {name!r} has unknown keys {sorted(unknown)}")
         index = ClipIndex(path.parent / entry["index"])
         for modality in MODALITIES:
-            index.index(modality)  # fail at start, not at the first query
+            faiss_index = index.index(modality)  # fail at start, not at the first query
+            if entry.get("search_params"):
+                try:
+                    faiss.ParameterSpace().set_index_parameters(faiss_index, entry["search_params"])
+                except RuntimeError as error:
+                    raise ClipflowError(f"{path}: index {name!r}: search_params: {error}") from None
         manifest = index.model_manifest.read_bytes()
         if manifest not in encoders:
             encoders[manifest] = Encoder(index.model_manifest, limits.max_batch, limits.precision)
@@ -455,8 +466,7 @@ def _distinct(faiss_index, ids: np.ndarray) -> np.ndarray:
 
 
 def serve(indices_json: Path | str, host: str, port: int, limits: Limits) -> None:
-    # Batched queries are small: OpenMP threads would spin between them and take the event loop's CPU.
-    faiss.omp_set_num_threads(1)
+    faiss.omp_set_num_threads(1)  # for the event loop's own faiss calls (dedup's reconstruct), as in searchers
     service = Service(load_indices(indices_json, limits), limits)
     log.info("serving %s on http://%s:%d", list(service.indices), host, port)
     web.run_app(service.app(), host=host, port=port, print=None, access_log=None)

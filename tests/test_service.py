@@ -11,14 +11,17 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import faiss
 import numpy as np
 import pandas as pd
 import pytest
 
 from clipflow.embedder import embed_chunk
+from clipflow.errors import ClipflowError
 from clipflow.indexer import build_index
 from clipflow.model import fetch_model
 from clipflow.searcher import write_metadata
+from clipflow.service import Limits, load_indices
 from conftest import jpeg
 from test_demo import free_port
 from test_embed_index import write_shard
@@ -356,3 +359,22 @@ def test_image_url_queries(indices, image_server):
         assert (status, answer["field"]) == (400, "image_url")
     finally:
         server.stop()
+
+
+def test_search_params_tune_an_approximate_index(indices, tmp_path):
+    """indices.json's search_params go to faiss (e.g. fewer IVF probes for speed); a bad one names itself."""
+    folder = tmp_path / "ivf"
+    shutil.copytree(indices.parent / "vectors", folder)
+    vectors = planted_vectors()
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(384), 384, 4, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(vectors)
+    ivf.add(vectors)
+    for modality in ("image", "text"):
+        faiss.write_index(ivf, str(folder / f"{modality}.index"))
+    spec = tmp_path / "indices.json"
+    spec.write_text(json.dumps({"ivf": {"index": "ivf", "search_params": "nprobe=3"}}))
+    served = load_indices(spec, Limits())
+    assert faiss.extract_index_ivf(served["ivf"].index.index("image")).nprobe == 3
+    spec.write_text(json.dumps({"ivf": {"index": "ivf", "search_params": "nprobes=3"}}))
+    with pytest.raises(ClipflowError, match="index 'ivf': search_params: .*nprobes"):
+        load_indices(spec, Limits())

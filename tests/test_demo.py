@@ -3,6 +3,7 @@
 import json
 import socket
 
+import numpy as np
 import pytest
 import yaml
 
@@ -35,6 +36,13 @@ def test_demo_workflow_end_to_end(tmp_path):
     assert summary["failed"] == {"http 404": missing, "not a decodable image": truncated}
     assert summary["downloaded"] == len(distinct) - 1 - missing - truncated
     assert "input rows" in result.stdout + result.stderr
+
+    curated = tmp_path / "results/curate/subsets/clip_basic_dedup"
+    curation = json.loads((curated / "summary.json").read_text())
+    assert curation["pool"] == summary["downloaded"] and 0 < curation["kept"] < curation["pool"]
+    assert len(np.load(curated / "uids.npy")) == curation["kept"]
+    resharded = json.loads((curated / "shards/reshard.json").read_text())
+    assert resharded["samples"] == curation["kept"] and (curated / "shards/00000000.tar").exists()
 
     with pytest.raises(ConnectionRefusedError):  # the workflow stopped its server
         socket.create_connection(("127.0.0.1", port), timeout=5)

@@ -25,6 +25,18 @@ DEMO_PORT = free_port()
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/logs/slurm/rule_(\w+)/(?:(\w+)/)?\d+\.log\)")
 
 
+CURATION_JOBS = [  # the demo config's curation, on CPU nodes
+    "curate_filter[basic]",
+    "curate_filter[clip_top_half]",
+    "curate_filter[near_duplicates]",
+    "curate_filter[round_shapes]",
+    "curate_pool",
+    "curate_subset[clip_basic_dedup]",
+    "curate_subset[round_shapes]",
+    "reshard[clip_basic_dedup]",
+]
+
+
 def snakemake_on_slurm(workdir: Path, *args: str, env=None, background=False):
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
     command += ["--configfile", str(workdir / "config.yaml"), "--profile", str(REPO / "profiles/slurm"), *args]
@@ -81,17 +93,20 @@ def slurm_run(cluster, tmp_path_factory):
 def test_workflow_runs_through_slurm(slurm_run):
     workdir, output = slurm_run
     jobs = sorted(submitted_jobs(output).values())
-    assert jobs == [
-        "build_index[image]",
-        "build_index[text]",
-        "download_batch[00000000]",
-        "download_batch[00000001]",
-        "embed_chunk[00000000]",
-        "index_metadata",
-        "render_demo_images",
-        "summarize_downloads",
-        "summarize_embeddings",
-    ]
+    assert jobs == sorted(
+        [
+            "build_index[image]",
+            "build_index[text]",
+            "download_batch[00000000]",
+            "download_batch[00000001]",
+            "embed_chunk[00000000]",
+            "index_metadata",
+            "render_demo_images",
+            "summarize_downloads",
+            "summarize_embeddings",
+            *CURATION_JOBS,
+        ]
+    )
     summary = yaml.safe_load((workdir / "results/summary/download.json").read_text())
     assert summary["input_rows"] == 42 and summary["downloaded"] > 30
     assert (workdir / "results/index/image.index").stat().st_size > 0
@@ -159,15 +174,18 @@ def test_deleted_shard_submits_only_its_jobs(slurm_run):
     result = snakemake_on_slurm(workdir)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
-    assert sorted(submitted_jobs(output).values()) == [
-        "build_index[image]",
-        "build_index[text]",
-        "download_batch[00000001]",
-        "embed_chunk[00000000]",
-        "index_metadata",
-        "summarize_downloads",
-        "summarize_embeddings",
-    ]
+    assert sorted(submitted_jobs(output).values()) == sorted(
+        [
+            "build_index[image]",
+            "build_index[text]",
+            "download_batch[00000001]",
+            "embed_chunk[00000000]",
+            "index_metadata",
+            "summarize_downloads",
+            "summarize_embeddings",
+            *CURATION_JOBS,
+        ]
+    )
     assert (shards / "00000001.tar").exists()
     assert {p.name: p.stat().st_mtime_ns for p in shards.glob("00000000*")} == kept
 

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 
 import pandas as pd
@@ -43,7 +44,7 @@ def _is_complete(folder: Path, number: int, rows: pd.DataFrame) -> bool:
 
 def write_shard(rows: pd.DataFrame, shards_folder: Path | str, folder: Path | str, number: int) -> int:
     """Copy `rows`' samples verbatim (image, caption, json with uid) into `folder`/NNNNNNNN.tar,
-    with its parquet and, last, its stats file."""
+    with its parquet and, last, its stats file; returns `number`."""
     started = time.time()
     folder = Path(folder)
     reader = ShardReader(shards_folder)
@@ -65,7 +66,7 @@ def write_shard(rows: pd.DataFrame, shards_folder: Path | str, folder: Path | st
         "end_time": time.time(),
     }
     _stats_path(folder, number).write_text(json.dumps(stats, indent=1))
-    return len(rows)
+    return number
 
 
 def reshard(kept: pd.DataFrame, shards_folder, folder, samples_per_shard: int, processes: int) -> dict:
@@ -80,7 +81,8 @@ def reshard(kept: pd.DataFrame, shards_folder, folder, samples_per_shard: int, p
                 (folder / f"{stale.name[:8]}{suffix}").unlink(missing_ok=True)
     log.info("resharding %d samples into %d shards, %d to write", len(kept), len(planned), len(todo))
     with ProcessPoolExecutor(max(1, processes)) as pool:
-        for number in pool.map(_write_numbered, [(planned[n], shards_folder, folder, n) for n in todo]):
+        written = pool.map(write_shard, [planned[n] for n in todo], repeat(shards_folder), repeat(folder), todo)
+        for number in written:
             log.info("wrote shard %08d", number)
     return {
         "samples": len(kept),
@@ -88,8 +90,3 @@ def reshard(kept: pd.DataFrame, shards_folder, folder, samples_per_shard: int, p
         "shards": [f"{n:08d}" for n in range(len(planned))],
         "written_now": len(todo),
     }
-
-
-def _write_numbered(arguments) -> int:
-    write_shard(*arguments)
-    return arguments[-1]

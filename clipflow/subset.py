@@ -70,7 +70,7 @@ def examples(pool: pd.DataFrame, keep: np.ndarray, filter_tables: dict, reader, 
                 title = f"kept ({pool['clip_score'].iat[row]:.3f})"
             else:
                 name = next(n for n, t in filter_tables.items() if not t["keep"].iat[row])
-                detail = filter_tables[name]["detail"].iat[row] if "detail" in filter_tables[name] else None
+                detail = filter_tables[name]["detail"].iat[row]
                 title = f"removed: {name}" + (f" ({detail})" if detail is not None else "")
             if image is not None:
                 chosen.append((title, image, pool["caption"].iat[row]))

@@ -18,9 +18,9 @@ import faiss
 import numpy as np
 
 from clipflow.config import load_config
-from clipflow.embedder import embed_chunk
-from clipflow.indexer import build_index
-from clipflow.model import fetch_model
+from clipflow.embed.embedder import embed_chunk
+from clipflow.index.builder import build_index
+from clipflow.embed.model import fetch_model
 
 
 def embedding_figures(model: str, shards: list[str], options: dict) -> dict:

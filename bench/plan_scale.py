@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 PLAN_CHILD = """
 import json, resource, sys, time
-from clipflow.planner import make_plan
+from clipflow.ingest.planner import make_plan
 config = json.loads(sys.argv[1])
 start = time.perf_counter()
 plan = make_plan(config, sys.argv[2])

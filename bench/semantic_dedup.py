@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipflow.semantic_dedup import near_duplicates
+from clipflow.curate.near_duplicates import near_duplicates
 
 
 def synthetic_chunks(folder: Path, rows: int, chunk_rows: int, planted_share: float, seed: int = 0) -> None:

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from clipflow.config import load_config
-from clipflow.indexer import build_index
-from clipflow.searcher import write_metadata
+from clipflow.index.builder import build_index
+from clipflow.index.folder import write_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 JSON = {"Content-Type": "application/json"}

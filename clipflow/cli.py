@@ -10,7 +10,7 @@ from clipflow.errors import ClipflowError
 
 def _plan(args) -> None:
     from clipflow.config import load_config
-    from clipflow.planner import make_plan
+    from clipflow.ingest.planner import make_plan
 
     plan = make_plan(load_config(args.config), args.plan_dir)
     totals = plan.totals()
@@ -21,14 +21,14 @@ def _plan(args) -> None:
 
 
 def _query(args) -> None:
-    from clipflow.query import format_results, run_query
+    from clipflow.search.query import format_results, run_query
 
     results = run_query(args.index, args.text, args.image, args.modality, args.k)
     print(format_results(results, args.format))
 
 
 def _filter(args) -> None:
-    from clipflow.filtering import filter_index
+    from clipflow.search.export import filter_index
 
     counts = filter_index(
         args.index, args.shards, args.output, args.text, args.image, args.modality, args.k, args.threshold
@@ -40,7 +40,7 @@ def _filter(args) -> None:
 
 
 def _serve(args) -> None:
-    from clipflow.service import Limits, serve
+    from clipflow.serve.app import Limits, serve
 
     limits = Limits(
         max_num_images=args.max_num_images,

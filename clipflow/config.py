@@ -1,14 +1,95 @@
-"""The workflow configuration: loaded from YAML, checked against the JSON schema, defaults filled in."""
+"""The workflow configuration: its schema (each curation filter kind adds its options), loading with the
+defaults filled in, the checks across keys, and which settings change what a rule writes.
 
+The Snakefile and `clipflow plan` both go through `validate_config`, so they accept and refuse the same.
+"""
+
+import copy
 from pathlib import Path
 
+import jsonschema
 import yaml
-from snakemake.utils import validate
 
-SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
+from clipflow.errors import ClipflowError
+
+SCHEMA_FILE = Path(__file__).parent / "schemas" / "config.schema.yaml"
+
+# Settings that only size or schedule work. Rules get them through `threads:` and `resources:` or read them
+# at run time, never as params, so changing one reruns nothing.
+SIZING = {
+    "download": ("threads", "mem_mb"),
+    "embed": ("device", "batch_size", "workers", "mem_mb", "cache_dir"),
+    "index": ("mem_mb",),
+    "curate": ("mem_mb",),
+    "curate.reshard": ("processes", "mem_mb"),
+}
+# Settings that group shards into jobs: changing one regroups those jobs, which then run again.
+GROUPING = {"download": ("shards_per_job",), "embed": ("shards_per_job",)}
+
+
+def schema() -> dict:
+    from clipflow.curate.filters import options_schema
+
+    full = yaml.safe_load(SCHEMA_FILE.read_text())
+    full["properties"]["curate"]["properties"]["filters"]["additionalProperties"] = options_schema()
+    return full
+
+
+def _with_defaults(validator_class):
+    """A validator that fills in each missing property's default before descending into it."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, property_schema in properties.items():
+                if "default" in property_schema:
+                    instance.setdefault(name, copy.deepcopy(property_schema["default"]))
+        yield from validate_properties(validator, properties, instance, subschema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate_config(config: dict) -> dict:
+    """Check `config` against the schema and across keys, filling in defaults (in place); a mistake is a
+    ClipflowError that names the key."""
+    full = schema()
+    validator = _with_defaults(jsonschema.Draft202012Validator)(full)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "the top level"
+        raise ClipflowError(f"config: {where}: {error.message}")
+    check_across_keys(config)
+    return config
+
+
+def check_across_keys(config: dict) -> None:
+    per_download, per_embed = (config[step]["shards_per_job"] for step in ("download", "embed"))
+    if per_embed % per_download:
+        raise ClipflowError(
+            f"embed.shards_per_job ({per_embed}) must be a multiple of download.shards_per_job "
+            f"({per_download}): an embedding job takes whole download batches"
+        )
+    filters = config["curate"]["filters"]
+    for subset, spec in config["curate"]["subsets"].items():
+        unknown = [name for name in spec["filters"] if name not in filters]
+        if unknown:
+            raise ClipflowError(
+                f"curate.subsets.{subset}.filters names {unknown}, not in curate.filters ({sorted(filters)})"
+            )
 
 
 def load_config(path: Path | str) -> dict:
     config = yaml.safe_load(Path(path).read_text()) or {}
-    validate(config, str(SCHEMA), set_default=True)
+    return validate_config(config)
+
+
+def section(config: dict, name: str) -> dict:
+    for part in name.split("."):
+        config = config[part]
     return config
+
+
+def output_settings(config: dict, name: str) -> dict:
+    """The settings of section `name` that change what its rules write: everything but sizing and grouping."""
+    left_out = set(SIZING.get(name, ())) | set(GROUPING.get(name, ()))
+    return {key: value for key, value in section(config, name).items() if key not in left_out}

@@ -1,9 +1,7 @@
 rule curate_pool:
     input:
-        metadata=chunk_outputs("metadata"),
-        image=chunk_outputs("image"),
-        text=chunk_outputs("text"),
-        batches=batch_records(BATCHES),
+        chunks=all_chunk_records(),
+        batches=all_batch_records(),
     output:
         pool=f"{CURATE_DIR}/pool.parquet",
     log:
@@ -12,8 +10,11 @@ rule curate_pool:
         "../envs/curate.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
+        mem_mb=lambda wildcards, attempt: config["curate"]["mem_mb"] * attempt,
     params:
+        metadata=shard_embeddings("metadata"),
+        image=shard_embeddings("image"),
+        text=shard_embeddings("text"),
         parquets=expand(f"{SHARDS_DIR}/{{shard}}.parquet", shard=PLAN.shards),
     script:
         "../scripts/curate_pool.py"
@@ -22,20 +23,23 @@ rule curate_pool:
 rule curate_filter:
     input:
         pool=f"{CURATE_DIR}/pool.parquet",
-        embeddings=filter_embeddings,
+        chunks=filter_chunk_records,
     output:
         table=f"{CURATE_DIR}/filters/{{filter}}.parquet",
         info=f"{CURATE_DIR}/filters/{{filter}}.json",
     log:
         "logs/curate/filter_{filter}.log",
+    benchmark:
+        f"{BENCHMARKS_DIR}/curate/filter_{{filter}}.tsv"
     conda:
         "../envs/curate.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
+        mem_mb=lambda wildcards, attempt: config["curate"]["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
         options=lambda wildcards: config["curate"]["filters"][wildcards.filter],
+        embeddings=filter_embeddings,
     script:
         "../scripts/curate_filter.py"
 
@@ -45,7 +49,7 @@ rule curate_subset:
         pool=f"{CURATE_DIR}/pool.parquet",
         tables=lambda wildcards: subset_filter_outputs(wildcards, "parquet"),
         infos=lambda wildcards: subset_filter_outputs(wildcards, "json"),
-        batches=batch_records(BATCHES),
+        batches=all_batch_records(),
     output:
         uids=f"{SUBSETS_DIR}/{{subset}}/uids.npy",
         kept=f"{SUBSETS_DIR}/{{subset}}/kept.parquet",
@@ -74,7 +78,7 @@ rule curate_subset:
         "../envs/curate.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
+        mem_mb=lambda wildcards, attempt: config["curate"]["mem_mb"] * attempt,
     params:
         filters=lambda wildcards: config["curate"]["subsets"][wildcards.subset]["filters"],
     script:
@@ -86,11 +90,13 @@ rule curate_subset:
 rule reshard:
     input:
         kept=f"{SUBSETS_DIR}/{{subset}}/kept.parquet",
-        batches=batch_records(BATCHES),
+        batches=all_batch_records(),
     output:
         record=f"{SUBSETS_DIR}/{{subset}}/shards/reshard.json",
     log:
         "logs/curate/reshard_{subset}.log",
+    benchmark:
+        f"{BENCHMARKS_DIR}/curate/reshard_{{subset}}.tsv"
     conda:
         "../envs/curate.yaml"
     threads: config["curate"]["reshard"]["processes"]
@@ -98,6 +104,6 @@ rule reshard:
         mem_mb=lambda wildcards, attempt: config["curate"]["reshard"]["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
-        options=config["curate"]["reshard"],
+        samples_per_shard=config["curate"]["reshard"]["samples_per_shard"],
     script:
         "../scripts/reshard.py"

@@ -1,3 +1,6 @@
+from clipflow.workflow import start_demo_server, stop_demo_server
+
+
 rule render_demo_images:
     output:
         images=directory(f"{DEMO_DIR}/site/images"),
@@ -19,14 +22,16 @@ DEMO_SERVER = []
 
 onstart:
     if config["demo"]["enabled"]:
-        DEMO_SERVER.append(start_demo_server())
+        DEMO_SERVER.append(
+            checked(start_demo_server, f"{DEMO_DIR}/site", config["demo"]["port"])
+        )
 
 
 onsuccess:
-    stop_demo_server(DEMO_SERVER)
+    stop_demo_server(DEMO_SERVER[0] if DEMO_SERVER else None)
     if os.path.exists("results/summary/download.txt"):
         print(open("results/summary/download.txt").read())
 
 
 onerror:
-    stop_demo_server(DEMO_SERVER)
+    stop_demo_server(DEMO_SERVER[0] if DEMO_SERVER else None)

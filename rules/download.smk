@@ -1,5 +1,6 @@
 # Writes NNNNNNNN.{tar,parquet,_stats.json} for each shard of the batch next to the record; the
 # record alone is the declared output, so a failed batch keeps its finished shards for the rerun.
+# download.threads (connections, not CPUs) is read at run time: it changes no output.
 rule download_batch:
     input:
         shards=batch_plan_shards,
@@ -8,6 +9,8 @@ rule download_batch:
         record=f"{SHARDS_DIR}/batches/{{batch}}.json",
     log:
         "logs/download/{batch}.log",
+    benchmark:
+        f"{BENCHMARKS_DIR}/download/{{batch}}.tsv"
     conda:
         "../envs/download.yaml"
     threads: 1
@@ -16,7 +19,7 @@ rule download_batch:
         runtime=lambda wildcards, attempt: max(60, 10 * config["download"]["shards_per_job"])
         * attempt,
     params:
-        options=config["download"],
+        options=settings("download"),
         kept_columns=config["input"]["keep_cols"],
     script:
         "../scripts/download_batch.py"
@@ -25,7 +28,7 @@ rule download_batch:
 rule summarize_downloads:
     input:
         state=f"{PLAN_DIR}/state.json",
-        records=batch_records(BATCHES),
+        records=all_batch_records(),
     output:
         summary="results/summary/download.json",
         table="results/summary/download.txt",

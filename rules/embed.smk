@@ -14,22 +14,25 @@ rule fetch_model:
     resources:
         mem_mb=2000,
     params:
-        embed=config["embed"],
+        model=config["embed"]["model"],
+        pretrained=config["embed"]["pretrained"],
+        checkpoint=config["embed"]["checkpoint"],
     script:
         "../scripts/fetch_model.py"
 
 
+# Writes image/, text/ and metadata/ files per shard of the chunk, then the chunk's record (the declared
+# output). Device and batch size are read at run time and workers come from threads: they change no output.
 rule embed_chunk:
     input:
         batches=chunk_batch_records,
         manifest=MODEL_MANIFEST,
     output:
-        image=f"{EMBEDDINGS_DIR}/image/{{chunk}}.npy",
-        text=f"{EMBEDDINGS_DIR}/text/{{chunk}}.npy",
-        metadata=f"{EMBEDDINGS_DIR}/metadata/{{chunk}}.parquet",
-        info=f"{EMBEDDINGS_DIR}/info/{{chunk}}.json",
+        record=f"{EMBEDDINGS_DIR}/info/{{chunk}}.json",
     log:
         "logs/embed/{chunk}.log",
+    benchmark:
+        f"{BENCHMARKS_DIR}/embed/{{chunk}}.tsv"
     conda:
         "../envs/embed.yaml"
     threads: max(1, config["embed"]["workers"])
@@ -38,7 +41,7 @@ rule embed_chunk:
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
         tars=chunk_tars,
-        options=config["embed"],
+        precision=config["embed"]["precision"],
         kept_columns=config["input"]["keep_cols"],
     script:
         "../scripts/embed_chunk.py"

@@ -1,11 +1,13 @@
 rule build_index:
     input:
-        embeddings=lambda wildcards: chunk_outputs(wildcards.modality),
+        chunks=all_chunk_records(),
     output:
         index=f"{INDEX_DIR}/{{modality}}.index",
         infos=f"{INDEX_DIR}/{{modality}}.infos.json",
     log:
         "logs/index/{modality}.log",
+    benchmark:
+        f"{BENCHMARKS_DIR}/index/{{modality}}.tsv"
     conda:
         "../envs/index.yaml"
     threads: 2
@@ -13,14 +15,15 @@ rule build_index:
         mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
-        options=config["index"],
+        options=settings("index"),
+        embeddings=lambda wildcards: shard_embeddings(wildcards.modality),
     script:
         "../scripts/build_index.py"
 
 
 rule index_metadata:
     input:
-        metadata=chunk_outputs("metadata"),
+        chunks=all_chunk_records(),
         manifest=MODEL_MANIFEST,
     output:
         metadata=f"{INDEX_DIR}/metadata.arrow",
@@ -31,16 +34,16 @@ rule index_metadata:
         "../envs/index.yaml"
     threads: 1
     resources:
-        mem_mb=config["index"]["mem_mb"],
+        mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
+    params:
+        metadata=shard_embeddings("metadata"),
     script:
         "../scripts/index_metadata.py"
 
 
 rule summarize_embeddings:
     input:
-        infos=chunk_outputs("info"),
-        image=chunk_outputs("image"),
-        text=chunk_outputs("text"),
+        chunks=all_chunk_records(),
     output:
         summary="results/summary/embeddings.json",
         throughput=report(
@@ -60,5 +63,8 @@ rule summarize_embeddings:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        image=shard_embeddings("image"),
+        text=shard_embeddings("text"),
     script:
         "../scripts/summarize_embeddings.py"

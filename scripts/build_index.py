@@ -1,5 +1,14 @@
-from clipflow.indexer import build_index
+import faiss
+
+from clipflow.index.builder import build_index
 from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
-    build_index(snakemake.input.embeddings, snakemake.output.index, snakemake.output.infos, snakemake.params.options)
+    faiss.omp_set_num_threads(snakemake.threads)
+    build_index(
+        snakemake.params.embeddings,
+        snakemake.output.index,
+        snakemake.output.infos,
+        snakemake.params.options,
+        memory_available=f"{snakemake.resources.mem_mb}M",
+    )

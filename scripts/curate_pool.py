@@ -1,6 +1,7 @@
+from clipflow import files
+from clipflow.curate.pool import build_pool
 from clipflow.logs import redirect_to_log
-from clipflow.subset import build_pool
 
 with redirect_to_log(snakemake.log[0]):
-    pool = build_pool(snakemake.input.metadata, snakemake.input.image, snakemake.input.text, snakemake.params.parquets)
-    pool.to_parquet(snakemake.output.pool, index=False)
+    pool = build_pool(snakemake.params.metadata, snakemake.params.image, snakemake.params.text, snakemake.params.parquets)
+    files.write_parquet(pool, snakemake.output.pool)

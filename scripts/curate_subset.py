@@ -4,12 +4,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clipflow import files
+from clipflow.curate.plots import plot_examples, plot_filter_effects, plot_score_cut
+from clipflow.curate.subset import combine, examples, uid_array
 from clipflow.logs import redirect_to_log
-from clipflow.reporting import plot_examples, plot_filter_effects, plot_score_cut
-from clipflow.searcher import ShardReader
-from clipflow.subset import combine, examples, uid_array
+from clipflow.shards import ShardReader
 
 with redirect_to_log(snakemake.log[0]):
+    shards_folder = Path(snakemake.input.batches[0]).parent.parent  # shards sit beside batches/
     pool = pd.read_parquet(snakemake.input.pool)
     names = snakemake.params.filters
     tables = {name: pd.read_parquet(path) for name, path in zip(names, snakemake.input.tables)}
@@ -20,10 +22,11 @@ with redirect_to_log(snakemake.log[0]):
     summary["clip_score_thresholds"] = thresholds
 
     kept = pool[keep]
-    np.save(snakemake.output.uids, uid_array(kept["uid"]))
-    kept.to_parquet(snakemake.output.kept, index=False)
-    Path(snakemake.output.summary).write_text(json.dumps(summary, indent=1))
+    with files.replacing(snakemake.output.uids) as tmp, open(tmp, "wb") as f:
+        np.save(f, uid_array(kept["uid"]))
+    files.write_parquet(kept, snakemake.output.kept)
+    files.write_json(snakemake.output.summary, summary)
     plot_filter_effects(summary, snakemake.output.effects)
     plot_score_cut(pool["clip_score"].to_numpy(), keep, thresholds, snakemake.output.score_cut)
-    reader = ShardReader(Path(snakemake.input.batches[0]).parent.parent)  # shards sit beside batches/
+    reader = ShardReader(shards_folder)
     plot_examples(examples(pool, keep, tables, reader), snakemake.output.examples)

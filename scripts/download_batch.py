@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from clipflow.downloader import download_batch
+from clipflow.download.batch import download_batch
 from clipflow.logs import redirect_to_log
 
 # img2dataset's worker processes are spawned and re-import this script: run only in the parent.
@@ -12,4 +12,5 @@ if __name__ == "__main__":
             snakemake.params.options,
             snakemake.params.kept_columns,
             snakemake.output.record,
+            threads=snakemake.config["download"]["threads"],
         )

@@ -1,11 +1,18 @@
-from clipflow.embedder import embed_chunk
+from pathlib import Path
+
+from clipflow.embed.embedder import embed_chunk
 from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
+    options = snakemake.config["embed"]
     embed_chunk(
         snakemake.params.tars,
         snakemake.input.manifest,
-        snakemake.params.options,
+        Path(snakemake.output.record).parent.parent,  # the embeddings folder: records sit in info/
+        snakemake.output.record,
         snakemake.params.kept_columns,
-        snakemake.output,
+        snakemake.params.precision,
+        device=options["device"],
+        batch_size=options["batch_size"],
+        workers=min(options["workers"], snakemake.threads),
     )

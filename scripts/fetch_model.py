@@ -1,5 +1,11 @@
+from clipflow.embed.model import fetch_model
 from clipflow.logs import redirect_to_log
-from clipflow.model import fetch_model
 
 with redirect_to_log(snakemake.log[0]):
-    fetch_model(snakemake.params.embed, snakemake.output.manifest)
+    fetch_model(
+        snakemake.params.model,
+        snakemake.params.pretrained,
+        snakemake.params.checkpoint,
+        snakemake.config["embed"]["cache_dir"],
+        snakemake.output.manifest,
+    )

@@ -1,8 +1,8 @@
 import shutil
 
+from clipflow.index.folder import write_metadata
 from clipflow.logs import redirect_to_log
-from clipflow.searcher import write_metadata
 
 with redirect_to_log(snakemake.log[0]):
-    write_metadata(snakemake.input.metadata, snakemake.output.metadata)
+    write_metadata(snakemake.params.metadata, snakemake.output.metadata)
     shutil.copyfile(snakemake.input.manifest, snakemake.output.manifest)

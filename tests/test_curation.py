@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import webdataset as wds
 
-from clipflow.curation import basic_filter, clip_score_filter, read_vocabulary, text_based_filter
+from clipflow.curate.filters import basic_filter, clip_score_filter, read_vocabulary, text_based_filter
 from clipflow.errors import ClipflowError
-from clipflow.resharder import reshard
-from clipflow.semantic_dedup import near_duplicates
-from clipflow.subset import combine, uid_array
+from clipflow.curate.reshard import reshard
+from clipflow.curate.near_duplicates import near_duplicates
+from clipflow.curate.subset import combine, uid_array
 from conftest import jpeg, run_snakemake, write_config
 
 BASIC = {

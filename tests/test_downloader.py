@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from clipflow.config import load_config
-from clipflow.downloader import download_batch, shard_is_complete
+from clipflow.download.batch import download_batch, shard_is_complete
 from clipflow.errors import ClipflowError
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 import webdataset as wds
 
-from clipflow.embedder import embed_chunk
+from clipflow.embed.embedder import embed_chunk
 from clipflow.errors import ClipflowError
-from clipflow.indexer import build_index
-from clipflow.model import encode_text_to_end_token, fetch_model, load_model
+from clipflow.index.builder import build_index
+from clipflow.embed.model import encode_text_to_end_token, fetch_model, load_model
 from conftest import jpeg
 
 EMBED = {"model": "ViT-S-32", "pretrained": "none", "checkpoint": None, "cache_dir": "unused"}

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import clipflow.planner
-import clipflow.reader
+import clipflow.ingest.planner
+import clipflow.ingest.reader
 from clipflow.errors import ClipflowError
-from clipflow.planner import load_plan, make_plan
+from clipflow.ingest.planner import load_plan, make_plan
 
 
 def config(paths, samples_per_shard=1000, **input_overrides):
@@ -28,7 +28,7 @@ def planned_rows(plan):
 
 @pytest.fixture
 def small_batches(monkeypatch):
-    monkeypatch.setattr(clipflow.reader, "BATCH_ROWS", 997)  # many batches, none aligned with shards
+    monkeypatch.setattr(clipflow.ingest.reader, "BATCH_ROWS", 997)  # many batches, none aligned with shards
 
 
 def test_dedup_keeps_first_occurrences_across_files_like_pandas(tmp_path, small_batches):
@@ -125,17 +125,17 @@ def test_interrupted_plan_leaves_the_previous_plan_whole(tmp_path, monkeypatch):
     before = make_plan(cfg, tmp_path / "plan").state
     random_metadata(rng, 2_000, 1_500).to_csv(tmp_path / "b.csv", index=False)
 
-    real_deduplicate = clipflow.planner.deduplicate
+    real_deduplicate = clipflow.ingest.planner.deduplicate
 
     def crash_after_dedup(*args):
         real_deduplicate(*args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(clipflow.planner, "deduplicate", crash_after_dedup)
+    monkeypatch.setattr(clipflow.ingest.planner, "deduplicate", crash_after_dedup)
     with pytest.raises(KeyboardInterrupt):
         make_plan(cfg, tmp_path / "plan")
     assert load_plan(tmp_path / "plan").state == before
-    monkeypatch.setattr(clipflow.planner, "deduplicate", real_deduplicate)
+    monkeypatch.setattr(clipflow.ingest.planner, "deduplicate", real_deduplicate)
     resumed = make_plan(cfg, tmp_path / "plan")
     fresh = make_plan(cfg, tmp_path / "fresh")
     assert resumed.totals() == fresh.totals()

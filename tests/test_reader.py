@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from clipflow.errors import ClipflowError
-from clipflow.reader import Columns, find_sources, read_batches
+from clipflow.ingest.reader import Columns, find_sources, read_batches
 
 URLS = ["http://a.example/1.jpg", "http://a.example/2.jpg", "http://a.example/3.jpg"]
 CAPTIONS = ["one", "two, with a comma", "three"]

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipflow.embedder import embed_chunk
+from clipflow.embed.embedder import embed_chunk
 from clipflow.errors import ClipflowError
-from clipflow.indexer import build_index
-from clipflow.model import fetch_model
-from clipflow.searcher import write_metadata
-from clipflow.service import Limits, load_indices
+from clipflow.index.builder import build_index
+from clipflow.embed.model import fetch_model
+from clipflow.index.folder import write_metadata
+from clipflow.serve.app import Limits, load_indices
 from conftest import jpeg
 from test_demo import free_port
 from test_embed_index import write_shard

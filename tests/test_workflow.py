@@ -19,9 +19,9 @@ import torch
 import webdataset as wds
 from nbclient import NotebookClient
 
-from clipflow.accounting import failure_reason
-from clipflow.model import load_model
-from clipflow.searcher import ClipIndex
+from clipflow.download.accounting import failure_reason
+from clipflow.embed.model import load_model
+from clipflow.index.folder import ClipIndex
 from conftest import REPO, run_snakemake, write_config
 
 # (path on the test server, caption, expected final state)

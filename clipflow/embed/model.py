@@ -4,7 +4,6 @@
 that manifest and the file it names, so compute nodes without internet never reach a model hub.
 """
 
-import hashlib
 import json
 import logging
 import platform
@@ -16,22 +15,15 @@ import torch
 
 import clipflow
 from clipflow.errors import ClipflowError
+from clipflow.files import sha256_file, write_json
 
 log = logging.getLogger(__name__)
 RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: pretrained is 'none', embeddings carry no meaning beyond this run's tests"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fetch_model(embed_config: dict, manifest_path: Path | str) -> dict:
-    """Make the configured weights local and describe them in `manifest_path` (needs the network for a tag)."""
-    arch, tag, checkpoint = embed_config["model"], embed_config["pretrained"], embed_config["checkpoint"]
+def fetch_model(arch: str, tag: str, checkpoint: str | None, cache_dir: str, manifest_path: Path | str) -> dict:
+    """Make the weights of open_clip architecture `arch` local, from the pretrained `tag` (downloaded into
+    `cache_dir`; needs the network) or a local `checkpoint`, and describe them in `manifest_path`."""
     if arch not in open_clip.list_models():
         raise ClipflowError(f"embed.model: unknown open_clip architecture {arch!r}")
     manifest = {"model": arch, "pretrained": tag, "checkpoint": None, "sha256": None, "random_weights": False}
@@ -39,7 +31,7 @@ def fetch_model(embed_config: dict, manifest_path: Path | str) -> dict:
         path = Path(checkpoint)
         if not path.is_file():
             raise ClipflowError(f"embed.checkpoint: {checkpoint} is not a file")
-        manifest.update(pretrained=None, checkpoint=str(path.resolve()), sha256=_sha256(path))
+        manifest.update(pretrained=None, checkpoint=str(path.resolve()), sha256=sha256_file(path))
     elif tag == "none":
         manifest.update(pretrained=None, random_weights=True)
         log.warning(RANDOM_WEIGHTS_WARNING)
@@ -49,13 +41,13 @@ def fetch_model(embed_config: dict, manifest_path: Path | str) -> dict:
             known = [t for a, t in open_clip.list_pretrained() if a == arch]
             raise ClipflowError(f"embed.pretrained: {arch} has no pretrained tag {tag!r}; known tags: {known}")
         try:
-            path = Path(open_clip.download_pretrained(config, cache_dir=embed_config["cache_dir"]))
+            path = Path(open_clip.download_pretrained(config, cache_dir=cache_dir))
         except Exception as error:  # the hub's own errors do not say which setting led here
             raise ClipflowError(f"embed.pretrained: could not fetch {arch}/{tag} weights: {error}") from error
-        manifest.update(checkpoint=str(path.resolve()), sha256=_sha256(path))
+        manifest.update(checkpoint=str(path.resolve()), sha256=sha256_file(path))
         manifest.update(image_mean=config.get("mean"), image_std=config.get("std"))
     Path(manifest_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(manifest_path).write_text(json.dumps(manifest, indent=1))
+    write_json(manifest_path, manifest)
     return manifest
 
 
@@ -126,7 +118,7 @@ def load_model(manifest_path: Path | str, device: str = "auto", precision: str =
     kwargs = {}
     if manifest["checkpoint"]:
         path = Path(manifest["checkpoint"])
-        if not path.is_file() or _sha256(path) != manifest["sha256"]:
+        if not path.is_file() or sha256_file(path) != manifest["sha256"]:
             raise ClipflowError(
                 f"{manifest_path}: weights file {path} is missing or changed; run the fetch_model rule again"
             )

@@ -1,7 +1,6 @@
 """Ingest: find the metadata files and read them as batches of (url, caption, uid, kept columns)."""
 
 import glob
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -11,7 +10,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from clipflow.errors import ClipflowError
-from clipflow.keys import key_to_uid, row_keys
+from clipflow.files import sha256_file
+from clipflow.ingest.keys import key_to_uid, row_keys
 
 BATCH_ROWS = 100_000
 FORMATS_BY_EXTENSION = {
@@ -56,13 +56,7 @@ class Source:
 
 def content_hash(path: str) -> str | None:
     """sha256 of a local file's bytes (None for remote files): tells a copied or touched file from a changed one."""
-    if not _is_local(path):
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path) if _is_local(path) else None
 
 
 def _is_local(path: str) -> bool:

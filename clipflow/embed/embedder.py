@@ -1,15 +1,15 @@
-"""Embed downloaded shards: image and text embeddings aligned row for row with a metadata parquet.
+"""Embed downloaded shards: per shard, image and text embeddings aligned row for row with a metadata parquet.
 
-One job embeds a chunk of consecutive shards with the model loaded once. Tar reading, JPEG decoding,
-preprocessing and tokenization run in DataLoader workers; each batch carries its own metadata, so
-the rows written can never shift against the embeddings. Rows are written in key order. A sample whose image fails to decode is
-dropped from all three outputs and counted.
+One job embeds a chunk of consecutive shards with the model loaded once, and writes each shard's files
+(`image/NNNNNNNN.npy`, `text/NNNNNNNN.npy`, `metadata/NNNNNNNN.parquet`), so a shard's tar and its
+embeddings pair up by name; the chunk's record, written last, says the chunk is complete. Tar reading, JPEG
+decoding, preprocessing and tokenization run in DataLoader workers; each batch carries its own metadata, so
+the rows written can never shift against the embeddings. Rows are written in key order. A sample whose
+image fails to decode is dropped from all three outputs and counted.
 """
 
 import io
-import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -19,14 +19,21 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from clipflow.model import LoadedModel, load_model
+from clipflow import files
+from clipflow.embed.model import LoadedModel, load_model
+from clipflow.shards import SAMPLE_FIELDS, sample_row, shard_of
 
 log = logging.getLogger(__name__)
-METADATA_FIELDS = ("uid", "url", "caption", "key")
+# Each shard's embedding files, relative to the embeddings folder.
+SHARD_FILES = {"image": "image/{shard}.npy", "text": "text/{shard}.npy", "metadata": "metadata/{shard}.parquet"}
 
 
-def _shard_of(sample) -> str:
-    return Path(sample["__url__"]).name.removesuffix(".tar")
+def shard_outputs(folder: Path | str, shard: str) -> dict[str, Path]:
+    return {kind: Path(folder) / pattern.format(shard=shard) for kind, pattern in SHARD_FILES.items()}
+
+
+def is_embedded(folder: Path | str, shard: str) -> bool:
+    return all(path.exists() for path in shard_outputs(folder, shard).values())
 
 
 class _Prepare:
@@ -36,11 +43,7 @@ class _Prepare:
         self.preprocess, self.kept_columns = preprocess, kept_columns
 
     def __call__(self, sample):
-        meta = json.loads(sample["json"])
-        row = {field: meta.get(field) for field in METADATA_FIELDS}
-        row["caption"] = sample["txt"].decode("utf-8") if "txt" in sample else row["caption"] or ""
-        row["shard"] = _shard_of(sample)
-        row.update({column: meta.get(column) for column in self.kept_columns})
+        row = sample_row(sample, self.kept_columns)
         try:
             with Image.open(io.BytesIO(sample["jpg"])) as image:
                 pixels = self.preprocess(image.convert("RGB"))
@@ -62,27 +65,39 @@ class _Collate:
         return rows, pixels, tokens, failed
 
 
-def _loader(tars: list[Path], model: LoadedModel, options: dict, kept_columns: list[str]):
+def _loader(tars: list[Path], model: LoadedModel, kept_columns: list[str], batch_size: int, workers: int):
     # Never more workers than shards: a worker without a shard would find no samples.
-    workers = min(options["workers"], len(tars))
+    workers = min(workers, len(tars))
     dataset = (
         wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False)
         .map(_Prepare(model.preprocess, kept_columns))
-        .batched(options["batch_size"], collation_fn=_Collate(model.tokenizer), partial=True)
+        .batched(batch_size, collation_fn=_Collate(model.tokenizer), partial=True)
     )
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=workers, pin_memory=model.device.type == "cuda"
     )
 
 
-def embed_chunk(tars: list[Path | str], manifest: Path | str, options: dict, kept_columns: list[str], outputs) -> dict:
-    """Embed `tars` into outputs.image, outputs.text (.npy, float16), outputs.metadata (.parquet), outputs.info."""
+def embed_chunk(
+    tars: list[Path | str],
+    manifest: Path | str,
+    folder: Path | str,
+    record: Path | str,
+    kept_columns: list[str],
+    precision: str,
+    device: str = "auto",
+    batch_size: int = 256,
+    workers: int = 4,
+) -> dict:
+    """Embed `tars` into each shard's files under `folder` (float16 .npy, metadata .parquet), then write
+    `record` (provenance, counts, throughput, decode failures). `precision` changes the embeddings;
+    device, batch size and workers only size the work."""
     started = time.perf_counter()
     tars = [Path(t) for t in tars]
-    model = load_model(manifest, options["device"], options["precision"])
+    model = load_model(manifest, device, precision)
     loaded = time.perf_counter()
     image_parts, text_parts, rows, failures = [], [], [], []
-    for batch_rows, pixels, tokens, failed in _loader(tars, model, options, kept_columns):
+    for batch_rows, pixels, tokens, failed in _loader(tars, model, kept_columns, batch_size, workers):
         failures += [{**row, "error": error} for row, error in failed]
         if pixels is None:
             continue
@@ -93,12 +108,14 @@ def embed_chunk(tars: list[Path | str], manifest: Path | str, options: dict, kep
     dim = model.model.visual.output_dim
     image = np.concatenate(image_parts) if image_parts else np.empty((0, dim), np.float16)
     text = np.concatenate(text_parts) if text_parts else np.empty((0, dim), np.float16)
-    metadata = pd.DataFrame(rows, columns=[*METADATA_FIELDS, "shard", *kept_columns])
+    metadata = pd.DataFrame(rows, columns=[*SAMPLE_FIELDS, "shard", *kept_columns])
     # img2dataset writes samples as their downloads finish and workers interleave shards: sorting by
     # key makes the outputs' row order the same in every run.
     order = np.argsort(metadata["key"].to_numpy(dtype=str), kind="stable")
     image, text, metadata = image[order], text[order], metadata.iloc[order].reset_index(drop=True)
-    shards = [t.name.removesuffix(".tar") for t in tars]
+    shards = [shard_of(t) for t in tars]
+    for shard in shards:
+        _write_shard(folder, shard, (metadata["shard"] == shard).to_numpy(), image, text, metadata)
     info = {
         "provenance": model.provenance,
         "shards": shards,
@@ -108,12 +125,9 @@ def embed_chunk(tars: list[Path | str], manifest: Path | str, options: dict, kep
         "per_shard": {s: int((metadata["shard"] == s).sum()) for s in shards},
         "seconds": {"model_load": loaded - started, "embedding": finished - loaded},
         "samples_per_second": len(rows) / max(finished - loaded, 1e-9),
-        "batch_size": options["batch_size"],
+        "batch_size": batch_size,
     }
-    _write_atomically(outputs.image, lambda f: np.save(f, image))
-    _write_atomically(outputs.text, lambda f: np.save(f, text))
-    _write_atomically(outputs.metadata, lambda f: metadata.to_parquet(f, index=False))
-    _write_atomically(outputs.info, lambda f: f.write(json.dumps(info, indent=1).encode()))
+    files.write_json(record, info)
     log.info(
         "embedded %d samples from %d shards at %.0f samples/s (%d failed to decode)",
         len(rows),
@@ -124,9 +138,11 @@ def embed_chunk(tars: list[Path | str], manifest: Path | str, options: dict, kep
     return info
 
 
-def _write_atomically(path, write) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
+def _write_shard(folder, shard: str, rows: np.ndarray, image, text, metadata: pd.DataFrame) -> None:
+    outputs = shard_outputs(folder, shard)
+    for path in outputs.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    for kind, vectors in (("image", image), ("text", text)):
+        with files.replacing(outputs[kind]) as tmp, open(tmp, "wb") as f:
+            np.save(f, vectors[rows])
+    files.write_parquet(metadata[rows].reset_index(drop=True), outputs["metadata"])

@@ -1,8 +1,4 @@
-"""The pool that curation works on, the subsets its filters select, and DataComp's subset file.
-
-Pool row i is index id i: the embedded rows in chunk order, with their image-text similarity and the
-original image size from the download's parquet.
-"""
+"""The subsets that filters select: combining their masks, DataComp's subset file, and examples."""
 
 import re
 
@@ -10,17 +6,8 @@ import numpy as np
 import pandas as pd
 
 from clipflow.errors import ClipflowError
-from clipflow.reporting import pair_similarities
 
-SIZE_COLUMNS = ["original_width", "original_height"]
 UID = re.compile(r"^[0-9a-fA-F]{32}$")
-
-
-def build_pool(metadata_paths, image_paths, text_paths, shard_parquets) -> pd.DataFrame:
-    pool = pd.concat([pd.read_parquet(p) for p in metadata_paths], ignore_index=True)
-    pool["clip_score"] = pair_similarities(image_paths, text_paths)
-    sizes = pd.concat([pd.read_parquet(p, columns=["key", *SIZE_COLUMNS]) for p in shard_parquets])
-    return pool.merge(sizes.dropna(subset=SIZE_COLUMNS), on="key", how="left", validate="one_to_one")
 
 
 def uid_array(uids: pd.Series) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipflow.keys import KEY_DTYPE
+from clipflow.ingest.keys import KEY_DTYPE
 
 BUCKETS = 256
 SPILL_DTYPE = np.dtype([("key", KEY_DTYPE), ("seq", "<i8")])

@@ -7,13 +7,14 @@ an approximate index within the configured memory and query-time budgets.
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from clipflow import files
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def _exact_index(paths) -> faiss.Index:
     return index
 
 
-def _autofaiss_index(paths, index_path: Path, infos_path: Path, options: dict) -> None:
+def _autofaiss_index(paths, index_path: Path, infos_path: Path, options: dict, memory_available: str) -> None:
     from autofaiss import build_index
 
     # autofaiss reads a folder of .npy files in name order: link the chunks there, in index order.
@@ -45,7 +46,7 @@ def _autofaiss_index(paths, index_path: Path, infos_path: Path, options: dict) -
         index_infos_path=str(infos_path),
         metric_type=options["metric"],
         max_index_memory_usage=options["max_index_memory_usage"],
-        current_memory_available=options["current_memory_available"],
+        current_memory_available=memory_available,
         max_index_query_time_ms=options["max_index_query_time_ms"],
         should_be_memory_mappable=options["memory_mappable"],
         verbose=logging.WARNING,
@@ -53,23 +54,25 @@ def _autofaiss_index(paths, index_path: Path, infos_path: Path, options: dict) -
     shutil.rmtree(staging)
 
 
-def build_index(paths: list, index_path: Path | str, infos_path: Path | str, options: dict) -> dict:
-    """Index the embeddings in `paths` (in order) into `index_path`; writes and returns the index infos."""
+def build_index(
+    paths: list, index_path: Path | str, infos_path: Path | str, options: dict, memory_available: str = "4G"
+) -> dict:
+    """Index the embeddings in `paths` (in order) into `index_path`; writes and returns the index infos.
+    `options` choose the index; `memory_available` (autofaiss's current_memory_available) only sizes the build."""
     index_path, infos_path = Path(index_path), Path(infos_path)
     started = time.perf_counter()
     count = vector_count(paths)
     exact = options["kind"] == "flat" or (options["kind"] == "auto" and count < options["exact_below"])
-    tmp_index = index_path.with_name(index_path.name + ".tmp")
     if count == 0:
         raise ValueError("no embeddings to index: every download or decode failed")
-    if exact:
-        faiss.write_index(_exact_index(paths), str(tmp_index))
-        infos = {"index_key": "Flat", "metric_type": "ip", "exact": True}
-    else:
-        _autofaiss_index(paths, tmp_index, infos_path, options)
-        infos = {**json.loads(infos_path.read_text()), "exact": False}
-    os.replace(tmp_index, index_path)
+    with files.replacing(index_path) as tmp_index:
+        if exact:
+            faiss.write_index(_exact_index(paths), str(tmp_index))
+            infos = {"index_key": "Flat", "metric_type": "ip", "exact": True}
+        else:
+            _autofaiss_index(paths, tmp_index, infos_path, options, memory_available)
+            infos = {**json.loads(infos_path.read_text()), "exact": False}
     infos.update(size=count, build_seconds=time.perf_counter() - started)
-    infos_path.write_text(json.dumps(infos, indent=1))
+    files.write_json(infos_path, infos)
     log.info("indexed %d vectors into %s (%s) in %.1f s", count, index_path, infos["index_key"], infos["build_seconds"])
     return infos

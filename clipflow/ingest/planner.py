@@ -13,7 +13,6 @@ Layout under the plan folder:
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,22 +21,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipflow.dedup import KeySpill, KeyStore, deduplicate, remove_tree
+from clipflow import files
+from clipflow.ingest.dedup import KeySpill, KeyStore, deduplicate, remove_tree
 from clipflow.errors import ClipflowError
-from clipflow.reader import Columns, content_hash, find_sources, read_batches
+from clipflow.ingest.reader import Columns, content_hash, find_sources, read_batches
+from clipflow.shards import shard_name
 
 log = logging.getLogger(__name__)
 
 PLAN_VERSION = 1
-SHARD_DIGITS = 8
-# What a downloaded shard is made of; the stats file is written last and marks a finished shard.
-SHARD_FILE_SUFFIXES = (".tar", ".parquet", "_stats.json")
-
-
-def shard_name(shard_id: int) -> str:
-    return f"{shard_id:0{SHARD_DIGITS}d}"
-
-
 @dataclass
 class Plan:
     folder: Path
@@ -64,18 +56,6 @@ def _settings(config: dict) -> dict:
         "columns": [input_config[k] for k in ("url_col", "caption_col", "uid_col")] + list(input_config["keep_cols"]),
         "samples_per_shard": config["plan"]["samples_per_shard"],
     }
-
-
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
-    os.replace(tmp, path)
-
-
-def _write_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, path)
 
 
 def load_plan(folder: Path | str) -> Plan:
@@ -109,7 +89,7 @@ class _ShardWriter:
     def _flush(self, count: int) -> None:
         rows = pd.concat(self.pending, ignore_index=True)
         name = shard_name(self.next_id)
-        _write_parquet(rows.iloc[:count], self.folder / f"{name}.parquet")
+        files.write_parquet(rows.iloc[:count], self.folder / f"{name}.parquet")
         self.written.append({"shard": name, "rows": count})
         self.next_id += 1
         rest = rows.iloc[count:]
@@ -136,7 +116,7 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
         source = current.get(planned["path"])
         if source and source.fingerprint != planned["fingerprint"] and content_hash(source.path) == planned["sha256"]:
             planned["fingerprint"] = source.fingerprint  # copied or touched, same bytes
-            _write_state(state_path, state)
+            files.write_json(state_path, state)
         elif source is None or source.fingerprint != planned["fingerprint"]:
             change = "is gone" if source is None else "changed"
             raise ClipflowError(
@@ -202,7 +182,7 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
             dropped_frames.append(dropped)
             shard_writer.add(batch[~(is_duplicate | is_invalid)].reset_index(drop=True))
         dropped = pd.concat(dropped_frames, ignore_index=True) if dropped_frames else pd.DataFrame()
-        _write_parquet(dropped, folder / "dropped" / f"{index:05d}.parquet")
+        files.write_parquet(dropped, folder / "dropped" / f"{index:05d}.parquet")
         duplicates = int((dropped["state"] == "duplicate").sum()) if len(dropped) else 0
         new_source_states.append(
             {
@@ -225,7 +205,7 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
         "shards": state["shards"] + new_shards,
         "key_generation": generation,
     }
-    _write_state(state_path, state)  # the commit point: before it, the previous plan stands whole
+    files.write_json(state_path, state)  # the commit point: before it, the previous plan stands whole
     remove_tree(old_key_folder)
     remove_tree(work)
     plan = Plan(folder, state)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from clipflow.errors import ClipflowError
-from clipflow.planner import Plan
+from clipflow.ingest.planner import Plan
 
 RESIZE_REASONS = ("image too small", "image area too large", "aspect ratio too large")
 

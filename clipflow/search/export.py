@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from clipflow.errors import ClipflowError
-from clipflow.query import encode_query
-from clipflow.searcher import ClipIndex, ShardReader
+from clipflow.search.query import encode_query
+from clipflow.index.folder import ClipIndex
+from clipflow.shards import ShardReader
 
 
 def _search_above(index: ClipIndex, vector, modality: str, threshold: float, limit: int | None):

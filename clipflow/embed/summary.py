@@ -1,8 +1,6 @@
 """Embedding summary and plots for the Snakemake report."""
 
-import io
 import json
-import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -75,55 +73,6 @@ def plot_similarity(image_paths, text_paths, summary: dict, path) -> None:
     ax.set_xlabel("cosine similarity of image and caption embeddings")
     ax.set_ylabel("samples")
     ax.set_title(f"{len(similarities):,} samples: {_model_title(summary)}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_filter_effects(summary: dict, path) -> None:
-    """Rows each filter removes alone, as the only filter, and in the listed order."""
-    names = list(summary["filters"])
-    measures = {"alone": "removed_alone", "only by this filter": "removed_only_by_it", "in order": "removed_in_order"}
-    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.8 * len(names)))
-    for offset, (label, field) in enumerate(measures.items()):
-        positions = np.arange(len(names)) + (offset - 1) * 0.27
-        ax.barh(positions, [summary["filters"][n][field] for n in names], height=0.27, label=label)
-    ax.set_yticks(np.arange(len(names)), names)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"rows removed (of {summary['pool']:,}; {summary['kept']:,} kept by all)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_score_cut(scores: np.ndarray, keep: np.ndarray, thresholds: dict, path) -> None:
-    """The pool's image-text similarity, kept and removed rows stacked, with each clip_score cut."""
-    fig, ax = plt.subplots(figsize=(8, 4))
-    bins = np.linspace(scores.min(), scores.max(), 51) if len(scores) else 50
-    ax.hist([scores[keep], scores[~keep]], bins=bins, stacked=True, color=["tab:green", "tab:gray"])
-    ax.legend(["kept", "removed"])
-    for name, threshold in thresholds.items():
-        ax.axvline(threshold, color="tab:red", linestyle="--")
-        ax.annotate(f"{name} >= {threshold:.3f}", (threshold, ax.get_ylim()[1] * 0.9), color="tab:red")
-    ax.set_xlabel("cosine similarity of image and caption embeddings")
-    ax.set_ylabel("samples")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_examples(examples: list[tuple], path, columns: int = 6) -> None:
-    """A grid of (title, image bytes, caption) examples, e.g. kept rows then removed rows with the reason."""
-    from PIL import Image
-
-    rows = max(1, -(-len(examples) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.9 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (title, image, caption) in zip(axes.flat, examples):
-        ax.imshow(Image.open(io.BytesIO(image)).convert("RGB"))
-        ax.set_title(f"{title}\n{textwrap.shorten(str(caption), 60)}", fontsize=7, wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

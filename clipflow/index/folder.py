@@ -1,12 +1,10 @@
-"""Query an index folder: image.index, text.index, metadata.arrow and model.json from the workflow.
+"""The index folder: image.index, text.index, metadata.arrow and model.json, written by the workflow
+and read by query, filter, serve and the notebook.
 
 The faiss indices are memory-mapped where their type allows it and the metadata is an Arrow IPC file
 read through a memory map, so opening a large index costs little time or RAM; rows are taken by id.
 """
 
-import io
-import tarfile
-import urllib.request
 from pathlib import Path
 
 import faiss
@@ -14,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 import pyarrow.parquet as pq
-from PIL import Image
 
+from clipflow import files
 from clipflow.errors import ClipflowError
 
 MODALITIES = ("image", "text")
@@ -26,10 +24,8 @@ def write_metadata(parquets: list, path: Path | str) -> int:
     """Concatenate the chunks' metadata, in index order, into one Arrow IPC file; returns the row count."""
     tables = [pq.read_table(p) for p in parquets]
     table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
-    tmp = Path(str(path) + ".tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+    with files.replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    tmp.replace(path)
     return table.num_rows
 
 
@@ -83,52 +79,21 @@ class ClipIndex:
             for batch, row in zip(batches, ids)
         ]
 
+    def set_search_params(self, params: str) -> None:
+        """faiss ParameterSpace settings (e.g. "nprobe=64,efSearch=128") on both indices."""
+        for modality in MODALITIES:
+            try:
+                faiss.ParameterSpace().set_index_parameters(self.index(modality), params)
+            except RuntimeError as error:
+                raise ClipflowError(f"{self.folder}: search_params {params!r}: {error}") from None
 
-class ShardReader:
-    """Reads samples straight out of the webdataset shards, each tar's member offsets read once."""
-
-    def __init__(self, folder: Path | str):
-        self.folder = Path(folder)
-        self.members: dict[str, dict[str, dict[str, tuple[int, int]]]] = {}  # shard -> key -> ext -> place
-
-    def _members(self, shard: str) -> dict:
-        if shard not in self.members:
-            path = self.folder / f"{shard}.tar"
-            self.members[shard] = {}
-            if path.exists():
-                with tarfile.open(path) as tar:
-                    for member in tar.getmembers():
-                        key, _, ext = member.name.partition(".")
-                        self.members[shard].setdefault(key, {})[ext] = (member.offset_data, member.size)
-        return self.members[shard]
-
-    def sample(self, shard: str, key: str, exts: tuple[str, ...] | None = None) -> dict[str, bytes]:
-        """The files of sample `key` in shard `shard` by extension, all or those in `exts`
-        ({} when there is no such sample)."""
-        places = self._members(shard).get(key, {})
-        wanted = [(ext, place) for ext, place in places.items() if exts is None or ext in exts]
-        sample = {}
-        if wanted:
-            with open(self.folder / f"{shard}.tar", "rb") as f:
-                for ext, (offset, size) in wanted:
-                    f.seek(offset)
-                    sample[ext] = f.read(size)
-        return sample
-
-    def image_bytes(self, shard: str, key: str) -> bytes | None:
-        """The JPEG of sample `key` in shard `shard`, or None when there is no such sample."""
-        return self.sample(shard, key, ("jpg",)).get("jpg")
+    def vectors(self, modality: str, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of `ids`, normalized (an approximate index returns approximations)."""
+        vectors = self.index(modality).reconstruct_batch(np.asarray(ids, dtype=np.int64)).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
 
 
-def load_image(source: str, timeout: float = 10) -> Image.Image:
-    """An image from a local path or an http(s) URL, with an error that says which and why."""
-    try:
-        if source.startswith(("http://", "https://")):
-            with urllib.request.urlopen(source, timeout=timeout) as response:
-                data = response.read()
-        else:
-            data = Path(source).read_bytes()
-        image = Image.open(io.BytesIO(data))
-        return image.convert("RGB")
-    except Exception as error:
-        raise ClipflowError(f"{source}: cannot read an image: {error}") from error
+def single_threaded_search() -> None:
+    """faiss's OpenMP thread count is per thread: call this in each thread that searches. Batched queries
+    are small, and OpenMP threads would spin between them, taking the CPU of the event loop."""
+    faiss.omp_set_num_threads(1)

@@ -1,13 +1,31 @@
 """`clipflow query`: nearest neighbours of a text or an image in an index folder."""
 
+import io
 import json
+import urllib.request
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from clipflow.errors import ClipflowError
-from clipflow.searcher import ClipIndex, load_image
+from clipflow.index.folder import ClipIndex
 
 OUTPUT_COLUMNS = ("rank", "similarity", "id", "uid", "url", "caption")
+
+
+def load_image(source: str, timeout: float = 10) -> Image.Image:
+    """An image from a local path or an http(s) URL, with an error that says which and why."""
+    try:
+        if source.startswith(("http://", "https://")):
+            with urllib.request.urlopen(source, timeout=timeout) as response:
+                data = response.read()
+        else:
+            data = Path(source).read_bytes()
+        image = Image.open(io.BytesIO(data))
+        return image.convert("RGB")
+    except Exception as error:
+        raise ClipflowError(f"{source}: cannot read an image: {error}") from error
 
 
 def encode_query(index: ClipIndex, text: str | None, image: str | None) -> np.ndarray:
@@ -15,7 +33,7 @@ def encode_query(index: ClipIndex, text: str | None, image: str | None) -> np.nd
     if bool(text) == bool(image):
         raise ClipflowError("give either a text query or --image PATH_OR_URL")
     image_query = load_image(image) if image else None
-    from clipflow.model import load_model  # torch loads only once the inputs are known to be good
+    from clipflow.embed.model import load_model  # torch loads only once the inputs are known to be good
 
     model = load_model(index.model_manifest)
     if image_query:

@@ -1,0 +1,38 @@
+"""The contract every curation filter kind meets: adding a kind is adding one module beside this one.
+
+A filter decides on the whole pool at once and returns a keep mask aligned with it, so filters compose in
+any order and each one's effect can be reported alone and combined. It declares its options (a JSON schema
+fragment, merged into the config schema) and which embeddings it reads besides the pool; the rule layer
+asks it, and never names kinds.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class Decision:
+    keep: np.ndarray  # one bool per pool row
+    detail: pd.Series | None = None  # per row: the reason for a removal, or what a kept row matched
+    info: dict = field(default_factory=dict)  # what the filter resolved (e.g. a threshold), for the record
+
+
+class Filter:
+    kind: str = ""
+    description: str = ""
+    options_schema: dict = {}  # JSON schema of the options besides `kind`, with their defaults
+    required: tuple[str, ...] = ()
+
+    def __init__(self, options: dict):
+        self.options = options
+
+    def embeddings(self) -> str | None:
+        """Which embeddings ("image" or "text") the filter reads besides the pool, or None."""
+        return None
+
+    def decide(self, pool: pd.DataFrame, embeddings: list[np.ndarray]) -> Decision:
+        """`pool` has a row per embedded sample (key, uid, caption, clip_score, original size, ...);
+        `embeddings` are the arrays of the modality `embeddings()` named, in pool order."""
+        raise NotImplementedError

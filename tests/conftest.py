@@ -1,6 +1,8 @@
 import http.server
 import io
+import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import webdataset as wds
 import yaml
 from PIL import Image
 
@@ -98,3 +101,17 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.C
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}")
     return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_shard(path, samples):
+    """A webdataset shard as img2dataset writes it, from (key, image bytes, caption) samples."""
+    with wds.TarWriter(str(path)) as sink:
+        for key, image_bytes, caption in samples:
+            meta = {"uid": f"u{key}", "url": f"http://x/{key}.jpg", "caption": caption, "key": key}
+            sink.write({"__key__": key, "jpg": image_bytes, "txt": caption, "json": json.dumps(meta)})

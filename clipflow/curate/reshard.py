@@ -27,11 +27,12 @@ def output_shards(kept: pd.DataFrame, samples_per_shard: int) -> list[pd.DataFra
 
 
 def _rows_digest(rows: pd.DataFrame, shards_folder) -> str:
-    """What an output shard is made of: its keys, and the downloads they come from (a source shard that was
-    downloaded again has a new stats file)."""
+    """What an output shard is made of: its keys, and the source tars they come from (a source shard that
+    was downloaded again has a new modification time)."""
     digest = hashlib.sha256("\n".join(rows["key"]).encode())
     for shard in sorted(set(rows["shard"])):
-        digest.update(shards.stats_path(shards_folder, shard).read_bytes())
+        source = shards.tar_path(shards_folder, shard).stat()
+        digest.update(f"{shard} {source.st_size} {source.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 

@@ -127,6 +127,7 @@ def embed_chunk(
         "samples_per_second": len(rows) / max(finished - loaded, 1e-9),
         "batch_size": batch_size,
     }
+    Path(record).parent.mkdir(parents=True, exist_ok=True)
     files.write_json(record, info)
     log.info(
         "embedded %d samples from %d shards at %.0f samples/s (%d failed to decode)",

@@ -85,7 +85,7 @@ class ClipIndex:
             try:
                 faiss.ParameterSpace().set_index_parameters(self.index(modality), params)
             except RuntimeError as error:
-                raise ClipflowError(f"{self.folder}: search_params {params!r}: {error}") from None
+                raise ClipflowError(f"search_params {params!r}: {error}") from None
 
     def vectors(self, modality: str, ids: np.ndarray) -> np.ndarray:
         """The stored vectors of `ids`, normalized (an approximate index returns approximations)."""

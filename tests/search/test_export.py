@@ -5,7 +5,7 @@ import sys
 
 import pandas as pd
 
-from test_service import CAPTIONS, image_of, indices  # noqa: F401 - the index fixture
+from served import CAPTIONS, image_of, indices  # noqa: F401 - the index fixture
 
 
 def run_filter(indices, output, *args):

@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from conftest import REPO
-from test_service import CAPTIONS, Server, image_of, indices  # noqa: F401 - the index fixture
+from served import CAPTIONS, Server, image_of, indices  # noqa: F401 - the index fixture
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,7 @@ import pytest
 import yaml
 
 from clipflow import demo
-from conftest import REPO, run_snakemake
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import REPO, free_port, run_snakemake
 
 
 def test_demo_workflow_end_to_end(tmp_path):

@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 import webdataset as wds
 
-from clipflow.curate.filters import basic_filter, clip_score_filter, read_vocabulary, text_based_filter
+from clipflow.curate.filters.basic import basic_filter
+from clipflow.curate.filters.clip_score import clip_score_filter
+from clipflow.curate.filters.text_based import read_vocabulary, text_based_filter
 from clipflow.errors import ClipflowError
 from clipflow.curate.reshard import reshard
 from clipflow.curate.near_duplicates import near_duplicates

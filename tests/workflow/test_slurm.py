@@ -17,8 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
-from test_demo import free_port
+from conftest import REPO, free_port
 
 CLUSTER_SCRIPT = REPO / "tests/slurm/cluster.sh"
 DEMO_PORT = free_port()

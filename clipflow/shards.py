@@ -11,8 +11,6 @@ import os
 import time
 from pathlib import Path
 
-import webdataset as wds
-
 from clipflow import files
 
 SHARD_DIGITS = 8
@@ -107,6 +105,8 @@ class ShardReader:
 def write_shard(folder: Path | str, shard: str, samples, rows, stats: dict) -> None:
     """Write a complete shard: `samples` ({"__key__": ..., "jpg": ..., ...}) into the tar, `rows` (a pandas
     frame) into the parquet, then `stats` (with start and end times added) into the stats file."""
+    import webdataset as wds  # imports torch: only where shards are written, not while the workflow is parsed
+
     started = time.time()
     tar = tar_path(folder, shard)
     with files.replacing(tar) as tmp:

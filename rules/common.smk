@@ -4,7 +4,7 @@ from snakemake.exceptions import WorkflowError
 
 from clipflow.config import output_settings, validate_config
 from clipflow.curate.filters import make_filter
-from clipflow.embed.embedder import SHARD_FILES
+from clipflow.embed import SHARD_FILES
 from clipflow.errors import ClipflowError
 from clipflow.shards import SUFFIXES
 from clipflow.workflow import consecutive, reopen_incomplete, workflow_plan

@@ -115,3 +115,10 @@ def write_shard(path, samples):
         for key, image_bytes, caption in samples:
             meta = {"uid": f"u{key}", "url": f"http://x/{key}.jpg", "caption": caption, "key": key}
             sink.write({"__key__": key, "jpg": image_bytes, "txt": caption, "json": json.dumps(meta)})
+
+
+def small_run_config(port: int) -> dict:
+    """The tests' small demo run (.test/config/config.yaml), its image server on `port`."""
+    config = yaml.safe_load((REPO / ".test/config/config.yaml").read_text())
+    config["demo"]["port"] = port
+    return config

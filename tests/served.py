@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipflow.embed.embedder import embed_chunk, shard_outputs
+from clipflow.embed import shard_outputs
+from clipflow.embed.embedder import embed_chunk
 from clipflow.embed.model import fetch_model
 from clipflow.index.builder import build_index
 from clipflow.index.folder import write_metadata

@@ -20,20 +20,11 @@ import webdataset as wds
 from PIL import Image
 
 from clipflow import files
+from clipflow.embed import shard_outputs
 from clipflow.embed.model import LoadedModel, load_model
 from clipflow.shards import SAMPLE_FIELDS, sample_row, shard_of
 
 log = logging.getLogger(__name__)
-# Each shard's embedding files, relative to the embeddings folder.
-SHARD_FILES = {"image": "image/{shard}.npy", "text": "text/{shard}.npy", "metadata": "metadata/{shard}.parquet"}
-
-
-def shard_outputs(folder: Path | str, shard: str) -> dict[str, Path]:
-    return {kind: Path(folder) / pattern.format(shard=shard) for kind, pattern in SHARD_FILES.items()}
-
-
-def is_embedded(folder: Path | str, shard: str) -> bool:
-    return all(path.exists() for path in shard_outputs(folder, shard).values())
 
 
 class _Prepare:

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from clipflow.embed.embedder import embed_chunk, shard_outputs
+from clipflow.embed import shard_outputs
+from clipflow.embed.embedder import embed_chunk
 from clipflow.embed.model import encode_text_to_end_token, fetch_model, load_model
 from clipflow.errors import ClipflowError
 from conftest import jpeg, write_shard

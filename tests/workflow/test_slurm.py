@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, small_run_config, write_config
 
 CLUSTER_SCRIPT = REPO / "tests/slurm/cluster.sh"
 DEMO_PORT = free_port()
@@ -47,12 +47,7 @@ def snakemake_on_slurm(workdir: Path, *args: str, env=None, background=False):
 
 
 def write_demo_config(workdir: Path) -> None:
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["demo"].update(images=40, port=DEMO_PORT)
-    config["plan"]["samples_per_shard"] = 20
-    config["download"]["shards_per_job"] = 1
-    config["embed"].update(model="ViT-S-32", batch_size=16, workers=1, shards_per_job=2)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    write_config(workdir, small_run_config(DEMO_PORT))
 
 
 def submitted_jobs(output: str) -> dict[str, str]:
@@ -101,6 +96,7 @@ def test_workflow_runs_through_slurm(slurm_run):
             "embed_chunk[00000000]",
             "index_metadata",
             "render_demo_images",
+            "summarize_benchmarks",
             "summarize_downloads",
             "summarize_embeddings",
             *CURATION_JOBS,
@@ -130,9 +126,13 @@ def canonical_outputs(workdir: Path) -> dict:
     return {
         "shards": shards.sort_values("key").reset_index(drop=True),
         "summary": (workdir / "results/summary/download.json").read_text(),
-        "metadata": pd.read_parquet(workdir / "results/embeddings/metadata/00000000.parquet"),
-        "image": np.load(workdir / "results/embeddings/image/00000000.npy"),
-        "text": np.load(workdir / "results/embeddings/text/00000000.npy"),
+        "metadata": pd.concat(
+            pd.read_parquet(p) for p in sorted((workdir / "results/embeddings/metadata").glob("*.parquet"))
+        ).reset_index(drop=True),
+        **{
+            kind: np.concatenate([np.load(p) for p in sorted((workdir / f"results/embeddings/{kind}").glob("*.npy"))])
+            for kind in ("image", "text")
+        },
     }
 
 
@@ -180,6 +180,7 @@ def test_deleted_shard_submits_only_its_jobs(slurm_run):
             "download_batch[00000001]",
             "embed_chunk[00000000]",
             "index_metadata",
+            "summarize_benchmarks",
             "summarize_downloads",
             "summarize_embeddings",
             *CURATION_JOBS,

@@ -149,10 +149,10 @@ def jobs_in_dry_run(workdir: Path) -> list[str]:
 
 
 def embedded(workdir: Path):
-    """The concatenated embeddings and metadata of every chunk, in index order."""
-    chunks = sorted(p.stem for p in (workdir / "results/embeddings/metadata").glob("*.parquet"))
-    load = lambda kind: np.concatenate([np.load(workdir / f"results/embeddings/{kind}/{c}.npy") for c in chunks])
-    metadata = pd.concat([pd.read_parquet(workdir / f"results/embeddings/metadata/{c}.parquet") for c in chunks])
+    """The concatenated embeddings and metadata of every shard, in index order."""
+    shards = sorted(p.stem for p in (workdir / "results/shards").glob("*.tar"))
+    load = lambda kind: np.concatenate([np.load(workdir / f"results/embeddings/{kind}/{s}.npy") for s in shards])
+    metadata = pd.concat([pd.read_parquet(workdir / f"results/embeddings/metadata/{s}.parquet") for s in shards])
     return load("image"), load("text"), metadata.reset_index(drop=True)
 
 
@@ -164,6 +164,11 @@ def test_embeddings_are_normalized_float16_aligned_with_downloads(workflow_run):
     assert np.allclose(np.linalg.norm(image.astype(np.float32), axis=1), 1, atol=2e-3)
     assert sorted(metadata["uid"]) == sorted(successes["uid"])
     assert list(metadata.columns) == ["uid", "url", "caption", "key", "shard"]
+    for parquet in sorted((workdir / "results/shards").glob("*.parquet")):  # each tar pairs with its embeddings
+        downloaded = pd.read_parquet(parquet).query("status == 'success'")
+        rows = pd.read_parquet(workdir / f"results/embeddings/metadata/{parquet.stem}.parquet")
+        assert sorted(rows["key"]) == sorted(downloaded["key"]) and set(rows["shard"]) <= {parquet.stem}
+        assert len(np.load(workdir / f"results/embeddings/image/{parquet.stem}.npy")) == len(rows)
     info = json.loads((workdir / "results/embeddings/info/00000002.json").read_text())
     assert info["shards"] == ["00000002", "00000003"]  # shard 3's downloads all failed: it adds no rows
     assert info["per_shard"] == {"00000002": int((metadata["shard"] == "00000002").sum()), "00000003": 0}
@@ -247,6 +252,7 @@ def test_deleting_one_chunks_embeddings_reruns_it_and_the_index_only(workflow_ru
         "build_index",
         "embed_chunk[00000002]",
         "index_metadata",
+        "summarize_benchmarks",
         "summarize_embeddings",
     ]
     run_snakemake(workdir, "--cores", "2")
@@ -298,6 +304,7 @@ def test_deleting_one_tar_downloads_that_shard_alone_again(workflow_run):
         "download_batch[00000000]",
         "embed_chunk[00000000]",
         "index_metadata",
+        "summarize_benchmarks",
         "summarize_downloads",
         "summarize_embeddings",
     ]

@@ -12,12 +12,11 @@ import glob
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import faiss
 import numpy as np
 
-from clipflow.config import load_config
+from clipflow.config import load_config, output_settings
 from clipflow.embed.embedder import embed_chunk
 from clipflow.index.builder import build_index
 from clipflow.embed.model import fetch_model
@@ -26,10 +25,19 @@ from clipflow.embed.model import fetch_model
 def embedding_figures(model: str, shards: list[str], options: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        fetch_model({"model": model, "pretrained": "none", "checkpoint": None, "cache_dir": str(tmp)}, tmp / "m.json")
-        outputs = SimpleNamespace(**{k: tmp / f"out.{k}" for k in ("image", "text", "metadata", "info")})
+        fetch_model(model, "none", None, str(tmp), tmp / "m.json")
         started = time.perf_counter()
-        info = embed_chunk(shards, tmp / "m.json", options, [], outputs)
+        info = embed_chunk(
+            shards,
+            tmp / "m.json",
+            tmp / "embeddings",
+            tmp / "embeddings/info/chunk.json",
+            [],
+            options["precision"],
+            options["device"],
+            options["batch_size"],
+            options["workers"],
+        )
         wall = time.perf_counter() - started
     return {
         "samples": info["embedded"],
@@ -76,7 +84,7 @@ def index_figures(size: int, options: dict, queries_count: int) -> list[dict]:
         np.save(tmp / "vectors.npy", vectors.astype(np.float16))
         del exact
         started = time.perf_counter()
-        infos = build_index([tmp / "vectors.npy"], tmp / "ours.index", tmp / "ours.json", options)
+        infos = build_index([tmp / "vectors.npy"], tmp / "ours.index", tmp / "ours.json", options, "24G")
         ours_build = time.perf_counter() - started
         ours = faiss.read_index(str(tmp / "ours.index"))
         rows.append(
@@ -131,7 +139,7 @@ def main() -> None:
 
     print(f"\n{'vectors':>9}  {'who':<19} {'index':<34} {'build s':>8} {'p50 ms':>7} {'p99 ms':>7} {'recall@10':>9}")
     for size in args.sizes:
-        for row in index_figures(size, config["index"], args.queries):
+        for row in index_figures(size, output_settings(config, "index"), args.queries):
             print(
                 f"{row['size']:>9,}  {row['who']:<19} {row['index'][:34]:<34} {row['build_s']:>8.1f} "
                 f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {row['recall@10']:>9.3f}",

@@ -25,7 +25,7 @@ import aiohttp
 import numpy as np
 import pandas as pd
 
-from clipflow.config import load_config
+from clipflow.config import load_config, output_settings
 from clipflow.index.builder import build_index
 from clipflow.index.folder import write_metadata
 
@@ -54,9 +54,9 @@ def synthetic_index(folder: Path, count: int, manifest: Path, memory: str) -> No
     )
     config = folder / "config.yaml"
     config.write_text(json.dumps({"input": {"paths": ["unused"]}, "index": {"max_index_memory_usage": memory}}))
-    options = load_config(config)["index"]  # the workflow's defaults
+    options = output_settings(load_config(config), "index")  # the workflow's defaults
     started = time.perf_counter()
-    build_index([folder / "vectors.npy"], folder / "image.index", folder / "image.infos.json", options)
+    build_index([folder / "vectors.npy"], folder / "image.index", folder / "image.infos.json", options, "24G")
     print(f"built the {count:,}-vector index in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     shutil.copyfile(folder / "image.index", folder / "text.index")
     write_metadata([folder / "metadata.parquet"], folder / "metadata.arrow")

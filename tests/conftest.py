@@ -2,6 +2,7 @@ import http.server
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -122,3 +123,14 @@ def small_run_config(port: int) -> dict:
     config = yaml.safe_load((REPO / ".test/config/config.yaml").read_text())
     config["demo"]["port"] = port
     return config
+
+
+def planned_jobs(output: str) -> list[str]:
+    """The jobs a Snakemake dry run lists, as rule[wildcard value], sorted."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        rule = re.search(r"^\s*(?:local)?rule (\w+):", block, re.M)
+        if rule:
+            wildcard = re.search(r"wildcards: \w+=([\w-]+)", block)
+            jobs.append(rule.group(1) + (f"[{wildcard.group(1)}]" if wildcard else ""))
+    return sorted(jobs)

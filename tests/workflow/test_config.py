@@ -5,9 +5,9 @@ import sys
 
 import pytest
 import yaml
-from snakemake.exceptions import WorkflowError
-
-from clipflow.config import load_config
+from clipflow.config import load_config, schema
+from clipflow.curate.filters import KINDS
+from clipflow.errors import ClipflowError
 from conftest import REPO, run_snakemake, write_config
 
 
@@ -32,12 +32,25 @@ def test_shipped_config_is_valid():
         ({"input": {"paths": ["m.csv"], "format": "xlsx"}}, "format"),
         ({"input": {"paths": []}}, "paths"),
         ({"inputs": {"paths": ["m.csv"]}}, "inputs"),
+        ({"input": {"paths": ["m.csv"]}, "curate": {"filters": {"f": {"kind": "clip_scor"}}}}, "curate.filters.f.kind"),
+        (
+            {"input": {"paths": ["m.csv"]}, "curate": {"filters": {"f": {"kind": "basic", "min_word": 2}}}},
+            r"curate.filters.f: .*'min_word' was unexpected",
+        ),
+        (
+            {"input": {"paths": ["m.csv"]}, "curate": {"subsets": {"s": {"filters": ["nope"]}}}},
+            r"curate.subsets.s.filters names \['nope'\]",
+        ),
+        (
+            {"input": {"paths": ["m.csv"]}, "download": {"shards_per_job": 3}, "embed": {"shards_per_job": 4}},
+            r"embed.shards_per_job \(4\) must be a multiple of download.shards_per_job \(3\)",
+        ),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, config, named):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
-    with pytest.raises(WorkflowError, match=named):
+    with pytest.raises(ClipflowError, match=named):
         load_config(path)
 
 
@@ -68,3 +81,10 @@ def test_plan_command(tmp_path):
     (tmp_path / "m.csv").write_text("url\n")
     result = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 1 and "clipflow: error: m.csv: changed since it was planned" in result.stderr
+
+
+def test_each_filter_kind_brings_its_options_into_the_schema():
+    entry = schema()["properties"]["curate"]["properties"]["filters"]["additionalProperties"]
+    assert entry["properties"]["kind"]["enum"] == sorted(KINDS) == ["basic", "clip_score", "semantic_dedup", "text_based"]
+    basic = next(rule["then"] for rule in entry["allOf"] if rule["if"]["properties"]["kind"]["const"] == "basic")
+    assert basic["properties"]["min_side"]["default"] == 200

@@ -3,13 +3,12 @@ rerun nothing, and each setting that changes outputs reruns exactly the jobs tha
 
 import copy
 import json
-import re
 
 import pytest
 import yaml
 
 from clipflow.config import SIZING
-from conftest import free_port, run_snakemake, small_run_config, write_config
+from conftest import free_port, planned_jobs, run_snakemake, small_run_config, write_config
 
 DOWNLOADS = ["download_batch[00000000]", "download_batch[00000001]", "summarize_downloads"]
 EMBEDDINGS = ["embed_chunk[00000000]", "summarize_embeddings"]
@@ -38,13 +37,7 @@ def jobs_with(workdir, config, *args) -> tuple[list[str], str]:
     (workdir / "changed.yaml").write_text(yaml.safe_dump(config))
     result = run_snakemake(workdir, "--dry-run", "--configfile", str(workdir / "changed.yaml"), *args)
     out = result.stdout + result.stderr
-    jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        rule = re.search(r"^\s*(?:local)?rule (\w+):", block, re.M)
-        if rule:
-            wildcard = re.search(r"wildcards: \w+=([\w-]+)", block)
-            jobs.append(rule.group(1) + (f"[{wildcard.group(1)}]" if wildcard else ""))
-    return sorted(jobs), out
+    return planned_jobs(out), out
 
 
 def changed(config: dict, key: str, value) -> dict:

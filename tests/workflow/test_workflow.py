@@ -22,7 +22,7 @@ from nbclient import NotebookClient
 from clipflow.download.accounting import failure_reason
 from clipflow.embed.model import load_model
 from clipflow.index.folder import ClipIndex
-from conftest import REPO, run_snakemake, write_config
+from conftest import REPO, planned_jobs, run_snakemake, write_config
 
 # (path on the test server, caption, expected final state)
 ROWS = [
@@ -136,13 +136,7 @@ def jobs_in_dry_run(workdir: Path) -> list[str]:
     result = run_snakemake(workdir, "--dry-run", "--cores", "1")
     out = result.stdout + result.stderr
     assert "Building DAG of jobs" in out
-    jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        rule = re.search(r"^\s*(?:local)?rule (\w+):", block, re.M)
-        if rule:
-            wildcard = re.search(r"wildcards: (?:batch|chunk)=(\d+)", block)
-            jobs.append(rule.group(1) + (f"[{wildcard.group(1)}]" if wildcard else ""))
-    return sorted(jobs)
+    return planned_jobs(out)
 
 
 # --- embeddings, indices, queries -------------------------------------------------------------
@@ -248,8 +242,8 @@ def test_deleting_one_chunks_embeddings_reruns_it_and_the_index_only(workflow_ru
     (workdir / "results/embeddings/image/00000002.npy").unlink()
     assert jobs_in_dry_run(workdir) == [
         "all",
-        "build_index",
-        "build_index",
+        "build_index[image]",
+        "build_index[text]",
         "embed_chunk[00000002]",
         "index_metadata",
         "summarize_benchmarks",
@@ -299,8 +293,8 @@ def test_deleting_one_tar_downloads_that_shard_alone_again(workflow_run):
     # Its batch (shards 0 and 1) runs again but keeps shard 0; the chunk holding it is embedded again.
     assert jobs_in_dry_run(workdir) == [
         "all",
-        "build_index",
-        "build_index",
+        "build_index[image]",
+        "build_index[text]",
         "download_batch[00000000]",
         "embed_chunk[00000000]",
         "index_metadata",

@@ -29,7 +29,10 @@ def plot_benchmarks(table: pd.DataFrame, path) -> None:
     """Per step, each job's time and peak memory: the largest job is what mem_mb and runtime must cover."""
     steps = sorted(table["step"].unique())
     fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 1.5 + 0.5 * max(1, len(steps))))
-    for ax, column, label in ((time_ax, "seconds", "seconds per job"), (memory_ax, "max_rss_mb", "peak RSS per job (MB)")):
+    for ax, column, label in (
+        (time_ax, "seconds", "seconds per job"),
+        (memory_ax, "max_rss_mb", "peak RSS per job (MB)"),
+    ):
         for row, step in enumerate(steps):
             values = table.loc[table["step"] == step, column]
             ax.scatter(values, [row] * len(values), alpha=0.6)

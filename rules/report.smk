@@ -1,4 +1,9 @@
-# Measured time and peak memory of the heavy jobs (their benchmark: files), for the report.
+# Measured time and peak memory of the heavy jobs (their benchmark: files), for the report: a small table,
+# made where Snakemake runs.
+localrules:
+    summarize_benchmarks,
+
+
 rule summarize_benchmarks:
     input:
         benchmarks=benchmarks(),

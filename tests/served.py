@@ -39,7 +39,9 @@ def build_index_folder(root: Path) -> Path:
     write_shard(shards / "00000000.tar", samples)
     fetch_model("ViT-S-32", "none", None, "unused", index / "model.json")
     embeddings = root / "embeddings"
-    embed_chunk([shards / "00000000.tar"], index / "model.json", embeddings, root / "chunk.json", [], "fp32", "cpu", 8, 0)
+    embed_chunk(
+        [shards / "00000000.tar"], index / "model.json", embeddings, root / "chunk.json", [], "fp32", "cpu", 8, 0
+    )
     outputs = shard_outputs(embeddings, "00000000")
     for modality in ("image", "text"):
         build_index(

@@ -7,12 +7,17 @@ then take the same tensor path; an image no decoder reads is reported, never dro
 """
 
 import io
+import warnings
 
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
+
+# torchvision 0.29 announces that torchcodec will take over its decoders; the pinned version has them.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 
 
 class ImagePipeline:
@@ -37,27 +42,38 @@ class ImagePipeline:
         """Model input (float32, N x 3 x H x W, on the device) for the images that decode, in order, and the
         error of each position that does not."""
         images, errors = self.decode(encoded)
+        return self.finish(images), errors
+
+    def finish(self, images: list[torch.Tensor | None]) -> torch.Tensor:
+        """Model input from decoded uint8 images (None, an image that did not decode, is left out)."""
         good = [image for image in images if image is not None]
         if not good:
-            return torch.empty(0, 3, 1, 1, device=self.device), errors
-        pixels = torch.cat([self._resize(group) for group in _same_size_runs(good)])
-        return (pixels.float().div_(255) - self.mean) / self.std, errors
+            return torch.empty(0, 3, 1, 1, device=self.device)
+        pixels = torch.cat([self._resize(torch.stack(group)) for group in _same_size_runs(good)])
+        return (pixels.float().div_(255) - self.mean) / self.std
 
     def decode(self, encoded: list[bytes]) -> tuple[list[torch.Tensor | None], dict[int, str]]:
-        """uint8 3 x H x W tensors on the device (None where no decoder reads the bytes), and the errors."""
-        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in encoded]
+        """uint8 3 x H x W tensors on the device (None where no decoder reads the bytes), and the errors.
+
+        Only whole JPEGs (start and end markers) go to the batched decoder; anything else, and anything it
+        rejects, is decoded by PIL, which refuses truncated files."""
+        images: list[torch.Tensor | None] = [None] * len(encoded)
+        whole = [i for i, data in enumerate(encoded) if data[:2] == JPEG_START and data.rstrip(b"\0")[-2:] == JPEG_END]
+        batch = [torch.frombuffer(bytearray(encoded[i]), dtype=torch.uint8) for i in whole]
         try:
-            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device) if data else []
+            decoded = decode_jpeg(batch, mode=ImageReadMode.RGB, device=self.device) if batch else []
         except RuntimeError:  # one image the batched decoder rejects fails the call: decode one by one
-            images = [self._decode_one(tensor) for tensor in data]
+            decoded = [self._decode_one(data) for data in batch]
+        for position, image in zip(whole, decoded):
+            images[position] = image if image is not None and image.shape[0] == 3 else None
         errors = {}
-        for position, image in enumerate(images):
-            if image is None or image.shape[0] != 3:
-                images[position], error = _decode_with_pil(encoded[position])
+        for position in range(len(encoded)):
+            if images[position] is None:
+                image, error = _decode_with_pil(encoded[position])
                 if error:
                     errors[position] = error
                 else:
-                    images[position] = images[position].to(self.device, non_blocking=True)
+                    images[position] = image.to(self.device)
         return images, errors
 
     def _decode_one(self, data: torch.Tensor) -> torch.Tensor | None:
@@ -66,8 +82,7 @@ class ImagePipeline:
         except RuntimeError:
             return None
 
-    def _resize(self, images: list[torch.Tensor]) -> torch.Tensor:
-        batch = torch.stack(images)
+    def _resize(self, batch: torch.Tensor) -> torch.Tensor:
         for step in self.steps:
             batch = step(batch)
         return batch

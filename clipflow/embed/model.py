@@ -81,24 +81,27 @@ class LoadedModel:
 
     @torch.no_grad()
     def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
-        features = encode_text_to_end_token(self.model, tokens.to(self.device, non_blocking=True))
+        features = encode_text_to_end_token(self.model, tokens, self.device)
         return torch.nn.functional.normalize(features.float(), dim=-1)
 
 
-def encode_text_to_end_token(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip's encode_text, run only up to the batch's last end-of-text token.
+def encode_text_to_end_token(model: torch.nn.Module, tokens: torch.Tensor, device=None) -> torch.Tensor:
+    """open_clip's encode_text on `device`, run only up to the batch's last end-of-text token.
 
     CLIP's text attention is causal and its feature is the end token's, so the padding after it never
     changes the result. Captions and queries are far shorter than the 77-token context, so this skips
-    most of the text tower's work. Other text towers run whole.
+    most of the text tower's work. Other text towers run whole. The cut is found where the tokens are (the
+    CPU, as the tokenizer makes them), so a GPU is never waited for.
     """
+    device = device or tokens.device
     pool = getattr(model, "text_pool_type", None)
     if not isinstance(model, open_clip.CLIP) or model.attn_mask is None or pool not in ("argmax", "eos"):
-        return model.encode_text(tokens)
+        return model.encode_text(tokens.to(device, non_blocking=True))
     ends = tokens.argmax(dim=-1) if pool == "argmax" else (tokens == model.text_eos_id).int().argmax(dim=-1)
     length = int(ends.max()) + 1
+    tokens, ends = tokens[:, :length].to(device, non_blocking=True), ends.to(device, non_blocking=True)
     cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens[:, :length]).to(cast_dtype)
+    x = model.token_embedding(tokens).to(cast_dtype)
     x = x + model.positional_embedding[:length].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)[torch.arange(x.shape[0], device=x.device), ends]

@@ -1,5 +1,6 @@
 """Model fetching and loading, and the embedder: per-shard files, decode failures, alignment."""
 
+import io
 import json
 
 import numpy as np
@@ -7,6 +8,7 @@ import open_clip
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from clipflow.embed import shard_outputs
 from clipflow.embed.embedder import embed_chunk
@@ -97,7 +99,9 @@ def test_undecodable_images_are_dropped_and_counted_without_misalignment(tmp_pat
     write_shard(tmp_path / "00000001.tar", [])  # a shard whose downloads all failed
     tars = [tmp_path / "00000000.tar", tmp_path / "00000001.tar"]
     record = tmp_path / "embeddings/info/00000000.json"
-    info = embed_chunk(tars, tmp_path / "model.json", tmp_path / "embeddings", record, [], "auto", batch_size=3, workers=1)
+    info = embed_chunk(
+        tars, tmp_path / "model.json", tmp_path / "embeddings", record, [], "auto", batch_size=3, workers=1
+    )
     assert (info["embedded"], info["decode_failed"]) == (3, 2)
     assert info["per_shard"] == {"00000000": 3, "00000001": 0}
     assert sorted(f["caption"] for f in info["decode_failures"]) == ["broken jpeg", "empty"]
@@ -108,8 +112,8 @@ def test_undecodable_images_are_dropped_and_counted_without_misalignment(tmp_pat
     model = load_model(tmp_path / "model.json")
     expected = model.encode_texts(model.tokenizer(["first", "second", "third"])).numpy()
     assert np.allclose(np.load(first["text"]).astype(np.float32), expected, atol=2e-3)
-    assert np.load(first["image"]).shape == (3, 384)
+    with torch.no_grad():  # images as open_clip's PIL preprocessing would give them: within fp16 rounding
+        pil = torch.stack([model.preprocess(Image.open(io.BytesIO(jpeg(seed=seed)))) for seed in (1, 2, 3)])
+    assert np.allclose(np.load(first["image"]).astype(np.float32), model.encode_images(pil).numpy(), atol=3e-3)
     # a shard whose samples all failed still gets its (empty) files, so every shard pairs with its tar
     assert np.load(empty["image"]).shape == (0, 384) and len(pd.read_parquet(empty["metadata"])) == 0
-
-

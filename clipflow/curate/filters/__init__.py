@@ -49,6 +49,12 @@ def run_filter(options: dict, pool: pd.DataFrame, embedding_paths: list) -> tupl
     embeddings = [np.load(path, mmap_mode="r") for path in embedding_paths]
     decision = make_filter(options).decide(pool, embeddings)
     keep = decision.keep
-    info = {"options": options, **decision.info, "rows": len(pool), "kept": int(keep.sum()), "removed": int((~keep).sum())}
+    info = {
+        "options": options,
+        **decision.info,
+        "rows": len(pool),
+        "kept": int(keep.sum()),
+        "removed": int((~keep).sum()),
+    }
     table = pd.DataFrame({"key": pool["key"], "keep": keep, "detail": decision.detail})
     return table, info

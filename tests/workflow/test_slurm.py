@@ -39,8 +39,9 @@ CURATION_JOBS = [  # the demo config's curation, on CPU nodes
 def snakemake_on_slurm(workdir: Path, *args: str, env=None, background=False):
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
     command += ["--configfile", str(workdir / "config.yaml"), "--profile", str(REPO / "profiles/slurm"), *args]
-    # The test jobs take seconds: look for finished ones sooner than a real cluster should be asked.
-    command += ["--slurm-init-seconds-before-status-checks", "3"]
+    # The plugin checks after this many seconds, then 10 s later each time nothing finished; the test jobs take
+    # 10-20 s, so one check at 20 s catches most of them (the profile's 10 s would need two, at 10 and 30 s).
+    command += ["--slurm-init-seconds-before-status-checks", "20"]
     # The slurm plugin reads $USER to guess an account; a login shell has it, CI may not.
     env = {**os.environ, "USER": os.environ.get("USER", "root"), **(env or {})}
     if background:

@@ -52,6 +52,19 @@ def _serve(args) -> None:
     serve(args.indices, args.host, args.port, limits)
 
 
+def _verify(args) -> None:
+    from clipflow.shards import verify_folder
+
+    damaged, checked = verify_folder(args.shards, remove=args.remove_damaged)
+    for shard, why in damaged.items():
+        print(f"{shard}: damaged, {why}" + (" (removed)" if args.remove_damaged else ""))
+    print(f"{checked} complete shards checked in {args.shards}: {len(damaged)} damaged")
+    if damaged and not args.remove_damaged:
+        print("clipflow verify --remove-damaged removes them; the next workflow run downloads them again")
+    if damaged:
+        sys.exit(1)
+
+
 def _demo_serve(args) -> None:
     from clipflow.demo import serve
 
@@ -107,6 +120,13 @@ def main(argv: list[str] | None = None) -> None:
         "AVX512-BF16 (cosine to fp32 > 0.9999)",
     )
     serve.set_defaults(run=_serve)
+
+    verify = commands.add_parser("verify", help="check every shard's tar against its recorded size, sha256 and count")
+    verify.add_argument("shards", nargs="?", default="results/shards", help="a folder of shards")
+    verify.add_argument(
+        "--remove-damaged", action="store_true", help="remove damaged shards, so that the next run writes them again"
+    )
+    verify.set_defaults(run=_verify)
 
     demo = commands.add_parser("demo-serve", help="serve the demo images on 127.0.0.1 (started by the workflow)")
     demo.add_argument("--folder", required=True)

@@ -48,3 +48,9 @@ def sha256_file(path: Path | str) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sizes(paths, relative_to: Path | str) -> dict[str, int]:
+    """Each file's size in bytes by its path relative to `relative_to`: what a job's record lists of the files
+    it wrote, for clipflow.workflow.reopen_incomplete to compare."""
+    return {Path(path).relative_to(relative_to).as_posix(): os.path.getsize(path) for path in paths}

@@ -4,6 +4,10 @@ A shard NNNNNNNN is three files in one folder: `NNNNNNNN.tar` (webdataset sample
 `KEY.json` with uid, url, caption, key and kept columns), `NNNNNNNN.parquet` (one row per planned row, with
 `status` and `error_message`; for resharded subsets, the rows it holds) and `NNNNNNNN_stats.json`, written
 last: a shard is complete when its stats file is there with the other two.
+
+The stats file also records the tar's size, sha256 and sample count (`clipflow_tar`), written with the shard:
+every stage that reads a tar first checks its size against that record (`check_intact`, a stat), and
+`clipflow verify` checks all three (`damage(..., deep=True)`, a read of the whole tar).
 """
 
 import json
@@ -12,6 +16,7 @@ import time
 from pathlib import Path
 
 from clipflow import files
+from clipflow.errors import ClipflowError
 
 SHARD_DIGITS = 8
 SUFFIXES = (".tar", ".parquet", "_stats.json")  # the stats file last: it marks a finished shard
@@ -48,6 +53,69 @@ def is_complete(folder: Path | str, shard: str) -> bool:
     return not missing_files(folder, shard)
 
 
+class DamagedShard(ClipflowError):
+    pass
+
+
+def tar_record(folder: Path | str, shard: str) -> dict:
+    """What a shard's stats file records of its tar, to be checked wherever the tar is read."""
+    path = tar_path(folder, shard)
+    return {"bytes": path.stat().st_size, "sha256": files.sha256_file(path), "samples": count_samples(path)}
+
+
+def count_samples(tar: Path | str) -> int:
+    """Samples (distinct keys) in a tar, from its member headers; tarfile.ReadError if it is damaged."""
+    import tarfile
+
+    with tarfile.open(tar) as members:
+        return len({member.name.partition(".")[0] for member in members})
+
+
+def damage(folder: Path | str, shard: str, deep: bool = False) -> str | None:
+    """Why a complete shard's tar is not the one its writer recorded, or None. The quick check compares the
+    size; `deep` also compares the sha256 and the sample count."""
+    stats = json.loads(stats_path(folder, shard).read_text())
+    recorded = stats.get("clipflow_tar")
+    if recorded is None:
+        return "its stats file has no integrity record (written before clipflow recorded one)"
+    size = tar_path(folder, shard).stat().st_size
+    if size != recorded["bytes"]:
+        return f"{size} bytes where {recorded['bytes']} were written"
+    if deep:
+        if files.sha256_file(tar_path(folder, shard)) != recorded["sha256"]:
+            return "its sha256 differs from the one recorded when it was written"
+        try:
+            samples = count_samples(tar_path(folder, shard))
+        except Exception as error:  # tarfile raises several kinds on damaged headers
+            return f"not a readable tar: {error}"
+        if samples != recorded["samples"]:
+            return f"{samples} samples where {recorded['samples']} were written"
+    return None
+
+
+def check_intact(folder: Path | str, shard: str) -> None:
+    """Raise DamagedShard, naming the shard, when its tar's size is not the recorded one."""
+    why = damage(folder, shard)
+    if why:
+        raise DamagedShard(f"{tar_path(folder, shard)}: damaged, {why}; a rerun of the workflow writes it again")
+
+
+def verify_folder(folder: Path | str, remove: bool = False) -> tuple[dict[str, str], int]:
+    """Deep-check every complete shard in `folder`: ({shard: why} for the damaged ones, shards checked). With
+    `remove`, a damaged shard's files are removed, so that the next run writes it again."""
+    folder = Path(folder)
+    complete = sorted(path.name.removesuffix("_stats.json") for path in folder.glob("*_stats.json"))
+    complete = [shard for shard in complete if is_complete(folder, shard)]
+    damaged = {}
+    for shard in complete:
+        why = damage(folder, shard, deep=True)
+        if why:
+            damaged[shard] = why
+            if remove:
+                remove_shard(folder, shard)
+    return damaged, len(complete)
+
+
 def shard_of(path: Path | str) -> str:
     """The shard a file or webdataset URL belongs to: 00000012 for .../00000012.tar."""
     return Path(path).name.removesuffix(".tar")
@@ -77,6 +145,7 @@ class ShardReader:
             path = tar_path(self.folder, shard)
             members = {}
             if path.exists():
+                check_intact(self.folder, shard)
                 with tarfile.open(path) as tar:
                     for member in tar.getmembers():
                         key, _, ext = member.name.partition(".")
@@ -114,7 +183,8 @@ def write_shard(folder: Path | str, shard: str, samples, rows, stats: dict) -> N
             for sample in samples:
                 writer.write(sample)
         files.write_parquet(rows, rows_path(folder, shard))
-    files.write_json(stats_path(folder, shard), {**stats, "start_time": started, "end_time": time.time()})
+    stats = {**stats, "start_time": started, "end_time": time.time(), "clipflow_tar": tar_record(folder, shard)}
+    files.write_json(stats_path(folder, shard), stats)
 
 
 def remove_shard(folder: Path | str, shard: str) -> None:

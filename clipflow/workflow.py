@@ -1,6 +1,7 @@
 """What the Snakefile asks of the package besides paths: the shard plan, the records whose files are gone,
 and the demo's image server. The rule layer (rules/common.smk) stays declarative on top of these."""
 
+import json
 import os
 import socket
 import subprocess
@@ -28,22 +29,32 @@ def consecutive(shards: list[str], size: int) -> dict[str, list[str]]:
 
 
 def reopen_incomplete(records: dict[str, list[Path]]) -> list[str]:
-    """Remove each record (a job's proof of completion) whose files are not all there, so that its job runs
-    again; returns the records removed. Each folder is listed once: at scale there are ~100k files."""
-    listings: dict[Path, set[str]] = {}
+    """Remove each record (a job's proof of completion) whose files are not all there, or not of the sizes it
+    lists (`file_sizes`, relative to the folder above the record's), so that its job runs again; returns the
+    records removed. Each folder is listed once: at scale there are ~100k files."""
+    listings: dict[Path, dict[str, os.DirEntry]] = {}
 
-    def present(path: Path) -> bool:
+    def entry(path: Path) -> os.DirEntry | None:
         if path.parent not in listings:
-            listings[path.parent] = set(os.listdir(path.parent)) if path.parent.is_dir() else set()
-        return path.name in listings[path.parent]
+            listings[path.parent] = {e.name: e for e in os.scandir(path.parent)} if path.parent.is_dir() else {}
+        return listings[path.parent].get(path.name)
 
     reopened = []
     for record, files in records.items():
         if not os.path.exists(record):
             continue
-        missing = [path.name for path in map(Path, files) if not present(path)]
-        if missing:
-            print(f"clipflow: {missing[:5]} missing, {record} removed: its job runs again", file=sys.stderr)
+        sizes = json.loads(Path(record).read_text()).get("file_sizes", {})
+        root = Path(record).parent.parent
+        problems = []
+        for path in map(Path, files):
+            found = entry(path)
+            recorded = sizes.get(path.relative_to(root).as_posix()) if path.is_relative_to(root) else None
+            if found is None:
+                problems.append(f"{path.name} missing")
+            elif recorded is not None and found.stat().st_size != recorded:
+                problems.append(f"{path.name} is {found.stat().st_size} bytes, {recorded} were written")
+        if problems:
+            print(f"clipflow: {problems[:5]}: {record} removed, its job runs again", file=sys.stderr)
             os.remove(record)
             reopened.append(record)
     return reopened

@@ -3,5 +3,7 @@ from clipflow.curate.pool import build_pool
 from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
-    pool = build_pool(snakemake.params.metadata, snakemake.params.image, snakemake.params.text, snakemake.params.parquets)
+    pool = build_pool(
+        snakemake.params.metadata, snakemake.params.image, snakemake.params.text, snakemake.params.parquets
+    )
     files.write_parquet(pool, snakemake.output.pool)

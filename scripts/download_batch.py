@@ -3,14 +3,12 @@ from pathlib import Path
 from clipflow.download.batch import download_batch
 from clipflow.logs import redirect_to_log
 
-# img2dataset's worker processes are spawned and re-import this script: run only in the parent.
-if __name__ == "__main__":
-    with redirect_to_log(snakemake.log[0]):
-        download_batch(
-            snakemake.input.shards,
-            Path(snakemake.output.record).parent.parent,
-            snakemake.params.options,
-            snakemake.params.kept_columns,
-            snakemake.output.record,
-            threads=snakemake.config["download"]["threads"],
-        )
+with redirect_to_log(snakemake.log[0]):
+    download_batch(
+        snakemake.input.shards,
+        Path(snakemake.output.record).parent.parent,
+        snakemake.params.options,
+        snakemake.params.kept_columns,
+        snakemake.output.record,
+        threads=snakemake.config["download"]["threads"],
+    )

@@ -1,3 +1,5 @@
+import contextlib
+import gzip
 import http.server
 import io
 import json
@@ -8,13 +10,16 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
-import webdataset as wds
 import yaml
 from PIL import Image
+
+from clipflow import shards
 
 REPO = Path(__file__).resolve().parents[1]
 SLOW_SECONDS = 4  # past the tests' download timeout
@@ -29,6 +34,26 @@ def jpeg(size=(320, 240), color=(200, 40, 40), quality=90, seed=None) -> bytes:
         image = Image.fromarray(((noise.astype(np.uint16) + color) // 2).astype(np.uint8)).resize(size)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def rotated_jpeg() -> bytes:
+    """A 320x240 JPEG stored with its top half red and bottom half blue, and EXIF orientation 6 (shown turned
+    90 degrees clockwise: upright, 240x320, blue on the left and red on the right)."""
+    image = Image.new("RGB", (320, 240), (220, 20, 20))
+    image.paste((20, 20, 220), (0, 120, 320, 240))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def animated_gif() -> bytes:
+    """Two frames: red, then blue."""
+    frames = [Image.new("RGB", (64, 48), color) for color in ((220, 20, 20), (20, 20, 220))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     return buffer.getvalue()
 
 
@@ -74,6 +99,38 @@ class PathologicalHandler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
         elif path == "/noai.jpg":
             self._send(200, jpeg(), headers=[("X-Robots-Tag", "noai")])
+        elif path == "/cut-scan.jpg":  # whole headers, then 60% of the entropy-coded scan
+            body = jpeg(seed=9)
+            self._send(200, body[: len(body) * 6 // 10])
+        elif path == "/short-length.jpg":  # a Content-Length below the real body's: the client reads half
+            body = jpeg(seed=10)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body) // 2))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client stops reading at the Content-Length
+                self.wfile.write(body)
+        elif path == "/drip.jpg":  # a byte every 0.2 s: each read well within the timeout, the whole for ever
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for byte in jpeg()[:1000]:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:  # the client gave up
+                pass
+        elif path == "/rotated.jpg":
+            self._send(200, rotated_jpeg())
+        elif path == "/animated.gif":
+            self._send(200, animated_gif(), "image/gif")
+        elif path == "/gzip.jpg":
+            self._send(200, gzip.compress(jpeg(seed=11)), headers=[("Content-Encoding", "gzip")])
+        elif path == "/brotli.jpg":
+            self._send(200, b"\x8b\x02\x80not really brotli", headers=[("Content-Encoding", "br")])
+        elif path.startswith("/named/"):  # any name, percent-encoded by the client: a good image
+            self._send(200, jpeg(seed=len(urllib.parse.unquote(path))))
         else:
             self._send(404, b"not found", "text/plain")
 
@@ -111,11 +168,15 @@ def free_port() -> int:
 
 
 def write_shard(path, samples):
-    """A webdataset shard as img2dataset writes it, from (key, image bytes, caption) samples."""
-    with wds.TarWriter(str(path)) as sink:
-        for key, image_bytes, caption in samples:
-            meta = {"uid": f"u{key}", "url": f"http://x/{key}.jpg", "caption": caption, "key": key}
-            sink.write({"__key__": key, "jpg": image_bytes, "txt": caption, "json": json.dumps(meta)})
+    """A complete shard as the download step leaves it (tar, parquet, stats with the tar's record) at `path`
+    (NNNNNNNN.tar), from (key, image bytes, caption) samples."""
+    path, tar_samples, rows = Path(path), [], []
+    for key, image_bytes, caption in samples:
+        meta = {"uid": f"u{key}", "url": f"http://x/{key}.jpg", "caption": caption, "key": key}
+        tar_samples.append({"__key__": key, "jpg": image_bytes, "txt": caption, "json": json.dumps(meta)})
+        rows.append({**meta, "status": "success", "error_message": None})
+    rows = pd.DataFrame(rows, columns=["uid", "url", "caption", "key", "status", "error_message"])
+    shards.write_shard(path.parent, path.stem, tar_samples, rows, {"count": len(rows), "successes": len(rows)})
 
 
 def small_run_config(port: int) -> dict:

@@ -10,13 +10,26 @@ from clipflow.errors import ClipflowError
 from clipflow.ingest.planner import Plan
 
 RESIZE_REASONS = ("image too small", "image area too large", "aspect ratio too large")
+# clipflow.download.http's errors: reason by how the message starts (None: the message up to its colon)
+DOWNLOAD_REASONS = {
+    "download took longer": "deadline exceeded",
+    "connection closed": "body shorter than its Content-Length",
+    "unsupported": None,
+    "body in Content-Encoding": None,
+}
+CHECK_REASONS = ("truncated image", "damaged image", "not an image", "empty body", "image area too large")
 
 
 def failure_reason(status: str, message: str | None) -> str:
     """A short, groupable reason for one failed row of an img2dataset shard parquet."""
     message = message or ""
     if status == "failed_to_resize":
-        return message if message in RESIZE_REASONS else "not a decodable image"
+        if message in RESIZE_REASONS or message.startswith(CHECK_REASONS):
+            return message.split(":")[0]
+        return "not a decodable image"
+    for start, reason in DOWNLOAD_REASONS.items():
+        if message.startswith(start):
+            return reason or message.split(":")[0]
     http = re.match(r"HTTP Error (\d+)", message)
     if http:
         return f"http {http.group(1)}"

@@ -4,7 +4,10 @@ The tool writes a shard into a staging folder; its files move into place only wh
 stats file last, so a killed download never leaves a shard that looks complete. One job downloads a batch
 of shards (fewer, larger jobs keep Snakemake's DAG small at scale) and skips shards already complete, so
 rerunning a batch downloads only its missing or failed shards. A shard downloaded with other settings
-(image size, timeout, ...) is not complete for this batch: its stats file records a digest of them.
+(image size, timeout, ...) is not complete for this batch: its stats file records a digest of them. Nor is a
+damaged one: its stats file records the tar's size, sha256 and sample count (clipflow.shards), and the
+batch's record lists the size of every file, which the workflow compares at each start
+(clipflow.workflow.reopen_incomplete), so a truncated tar reruns its batch and is downloaded again alone.
 """
 
 import hashlib
@@ -52,7 +55,8 @@ def download_batch(
         done.append({"shard": shard, "downloaded_now": True})
     if failed:
         raise ClipflowError(f"{len(failed)} of {len(plan_shards)} shards failed, rerun to retry them: {failed}")
-    files.write_json(record, {"shards": done})
+    written = [path for plan_shard in plan_shards for path in shards.shard_files(output_folder, Path(plan_shard).stem)]
+    files.write_json(record, {"shards": done, "file_sizes": files.sizes(written, relative_to=output_folder)})
 
 
 def settings_digest(options: dict, kept_columns: list[str]) -> str:
@@ -61,10 +65,15 @@ def settings_digest(options: dict, kept_columns: list[str]) -> str:
 
 
 def is_current(folder: Path | str, shard: str, digest: str) -> bool:
-    """Complete, and downloaded with the settings whose digest is `digest`."""
+    """Complete, undamaged, and downloaded with the settings whose digest is `digest`."""
     if not shards.is_complete(folder, shard):
         return False
-    return json.loads(shards.stats_path(folder, shard).read_text()).get("clipflow_settings") == digest
+    if json.loads(shards.stats_path(folder, shard).read_text()).get("clipflow_settings") != digest:
+        return False
+    why = shards.damage(folder, shard)
+    if why:
+        log.warning("shard %s is damaged (%s): downloaded again", shard, why)
+    return why is None
 
 
 def download_shard(
@@ -81,12 +90,19 @@ def download_shard(
     staging = output_folder / ".staging" / shard
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    log.info("shard %s: downloading", shard)
     fetch_shard(plan_shard, staging, options, kept_columns, threads)
     missing = shards.missing_files(staging, shard)
     if missing:
         raise ClipflowError(f"{plan_shard}: the download finished without writing {missing}; see the log above")
-    stats = shards.stats_path(staging, shard)
-    stats.write_text(json.dumps({**json.loads(stats.read_text()), "clipflow_settings": digest}))
+    stats_path = shards.stats_path(staging, shard)
+    stats = json.loads(stats_path.read_text())
+    tar = shards.tar_record(staging, shard)
+    if tar["samples"] != stats["successes"]:
+        raise ClipflowError(
+            f"{plan_shard}: the tool stored {tar['samples']} samples for {stats['successes']} successes"
+        )
+    stats_path.write_text(json.dumps({**stats, "clipflow_settings": digest, "clipflow_tar": tar}))
     for path in shards.shard_files(staging, shard):  # in SUFFIXES order: the stats file last
         os.replace(path, output_folder / path.name)
     shutil.rmtree(staging)

@@ -1,47 +1,80 @@
-"""The download tool: img2dataset, called on one plan shard. Swapping the tool means replacing this module.
+"""The download tool: img2dataset's downloader, run in this process on one plan shard. Swapping the tool means
+replacing this module.
 
 Its contract: `fetch_shard` writes one complete shard (clipflow.shards' format) for the rows of a plan shard
-into an empty staging folder; `clipflow.download.batch` moves it into place.
+into an empty staging folder; `clipflow.download.batch` checks it and moves it into place.
+
+`img2dataset.download()` would start a process pool and re-shard its input for every shard (~4 s each) and
+keep our rules out of its worker processes. Its `Downloader` takes the input as an Arrow file and any resizer,
+so this module builds one the way `download()` does, with our image check in front of its resizer
+(`clipflow.download.images`) and our URL rules in the process's urllib opener (`clipflow.download.http`).
 """
 
-import json
+import contextlib
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 # img2dataset imports albumentations, which otherwise asks PyPI for a newer version at every import.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import img2dataset  # noqa: E402
+from img2dataset.downloader import Downloader  # noqa: E402
+from img2dataset.resizer import Resizer  # noqa: E402
+from img2dataset.writer import WebDatasetSampleWriter  # noqa: E402
 
-from clipflow.shards import shard_name, stats_path  # noqa: E402
+from clipflow.download import http  # noqa: E402
+from clipflow.download.images import CheckedResizer  # noqa: E402
 
 
 def fetch_shard(plan_shard: Path, staging: Path, options: dict, kept_columns: list[str], threads: int) -> None:
     shard = plan_shard.stem
-    # img2dataset numbers its shards from 0; in "extend" mode it continues after the highest existing
-    # stats file, which makes it write this shard under its planned id, with globally unique keys.
-    if int(shard) > 0:
-        placeholder = {"count": 0, "successes": 0, "failed_to_download": 0, "failed_to_resize": 0}
-        placeholder.update(start_time=0, end_time=0, status_dict={})
-        stats_path(staging, shard_name(int(shard) - 1)).write_text(json.dumps(placeholder))
-    img2dataset.download(
-        url_list=str(plan_shard),
-        input_format="parquet",
-        output_format="webdataset",
-        output_folder=str(staging),
-        url_col="url",
-        caption_col="caption",
-        save_additional_columns=["uid", *kept_columns],
-        number_sample_per_shard=max(1, pq.ParquetFile(plan_shard).metadata.num_rows),
-        oom_shard_count=len(shard),
-        incremental_mode="extend",
+    # img2dataset's reader order: additional columns, caption, url; samples' json and the parquet follow it.
+    columns = ["uid", *kept_columns, "caption", "url"]
+    rows = pq.read_table(plan_shard, columns=columns)
+    arrow_input = staging / f"{shard}.feather"  # the downloader deletes its input when done
+    with pa.ipc.new_file(arrow_input, rows.schema) as writer:
+        writer.write_table(rows)
+    http.install(timeout=options["timeout"], deadline=options["deadline"])
+    resizer = Resizer(
         image_size=options["image_size"],
         resize_mode=options["resize_mode"],
+        resize_only_if_bigger=False,
         encode_quality=options["encode_quality"],
+        encode_format="jpg",
+    )
+    downloader = Downloader(
+        sample_writer_class=WebDatasetSampleWriter,
+        resizer=CheckedResizer(resizer),
         thread_count=threads,
+        save_caption=True,
+        extract_exif=True,
+        output_folder=str(staging),
+        column_list=columns,
         timeout=options["timeout"],
+        # keys are shard * 10**digits + row, digits from the shard's row count: the same as download() gives
+        number_sample_per_shard=max(1, rows.num_rows),
+        oom_shard_count=len(shard),
+        compute_hash="sha256",
+        verify_hash_type=None,
+        encode_format="jpg",
         retries=options["retries"],
         user_agent_token=options["user_agent_token"],
-        disallowed_header_directives=options["disallowed_header_directives"],
+        disallowed_header_directives=options["disallowed_header_directives"] or None,
     )
+    with _output_kept():
+        downloader.download_shard((int(shard), str(arrow_input)))
+
+
+@contextlib.contextmanager
+def _output_kept():
+    """img2dataset's resizer points stdout and stderr at /dev/null around each decode and back, which its
+    threads race on: two overlapping calls can leave them at /dev/null. Put them back afterwards."""
+    saved = os.dup(1), os.dup(2)
+    try:
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])

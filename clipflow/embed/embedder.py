@@ -14,6 +14,7 @@ counted.
 """
 
 import contextlib
+import json
 import logging
 import queue
 import threading
@@ -25,7 +26,7 @@ import pandas as pd
 import torch
 import webdataset as wds
 
-from clipflow import files
+from clipflow import files, shards as shard_format
 from clipflow.embed import shard_outputs
 from clipflow.embed.images import ImagePipeline
 from clipflow.embed.model import LoadedModel, load_model
@@ -186,6 +187,8 @@ def embed_chunk(
     the embeddings; device, batch size and workers only size the work."""
     started = time.perf_counter()
     tars = [Path(t) for t in tars]
+    for tar in tars:  # a truncated tar would fail mid-job in a worker; name it before loading the model
+        shard_format.check_intact(tar.parent, shard_of(tar))
     model = load_model(manifest, device, precision)
     on_gpu = model.device.type == "cuda"
     collate = _Collate(model.tokenizer, kept_columns, None if on_gpu else ImagePipeline(model.preprocess, "cpu"))
@@ -236,6 +239,7 @@ def embed_chunk(
     order = np.argsort(metadata["key"].to_numpy(dtype=str), kind="stable")
     image, text, metadata = image[order], text[order], metadata.iloc[order].reset_index(drop=True)
     shards = [shard_of(t) for t in tars]
+    _check_counts(tars, metadata, failures)
     for shard in shards:
         _write_shard(folder, shard, (metadata["shard"] == shard).to_numpy(), image, text, metadata)
     seconds.update(model_load=loaded - started, embedding=finished - loaded, write=time.perf_counter() - finished)
@@ -250,6 +254,7 @@ def embed_chunk(
         "samples_per_second": len(metadata) / max(finished - loaded, 1e-9),
         "batch_size": batch_size,
         "images_prepared": "on the GPU" if on_gpu else "by the CPU workers",
+        "file_sizes": files.sizes([p for s in shards for p in shard_outputs(folder, s).values()], relative_to=folder),
     }
     Path(record).parent.mkdir(parents=True, exist_ok=True)
     files.write_json(record, info)
@@ -261,6 +266,22 @@ def embed_chunk(
         len(failures),
     )
     return info
+
+
+def _check_counts(tars: list[Path], metadata: pd.DataFrame, failures: list[dict]) -> None:
+    """Every sample that each tar's writer recorded was read: embedded or reported as a decode failure."""
+    read = metadata["shard"].value_counts().to_dict()
+    for failure in failures:
+        read[failure["shard"]] = read.get(failure["shard"], 0) + 1
+    for tar in tars:
+        shard = shard_of(tar)
+        stats = json.loads(shard_format.stats_path(tar.parent, shard).read_text())
+        written = stats["clipflow_tar"]["samples"]
+        if read.get(shard, 0) != written:
+            raise shard_format.DamagedShard(
+                f"{tar}: damaged, {read.get(shard, 0)} samples read where {written} were written; "
+                "run `clipflow verify --remove-damaged` on its folder, then rerun the workflow"
+            )
 
 
 def _write_shard(folder, shard: str, rows: np.ndarray, image, text, metadata: pd.DataFrame) -> None:

@@ -7,7 +7,7 @@ the workflow, so every shard's jobs are in the DAG (and in --dry-run) without a 
 Layout under the plan folder:
   state.json                 sources planned (with fingerprints), shards and counts
   shards/NNNNNNNN.parquet    the rows of each shard: url, caption, uid, kept columns, source, source_row
-  dropped/NNNNN.parquet      rows of source NNNNN not planned, with state duplicate or invalid
+  dropped/NNNNN.parquet      rows of source NNNNN not planned, with state duplicate or invalid and the reason
   keys-GEN/                  the key store: every planned row's (url, caption) key, by bucket
 """
 
@@ -25,11 +25,14 @@ from clipflow import files
 from clipflow.ingest.dedup import KeySpill, KeyStore, deduplicate, remove_tree
 from clipflow.errors import ClipflowError
 from clipflow.ingest.reader import Columns, content_hash, find_sources, read_batches
+from clipflow.ingest.urls import url_problems
 from clipflow.shards import shard_name
 
 log = logging.getLogger(__name__)
 
 PLAN_VERSION = 1
+
+
 @dataclass
 class Plan:
     folder: Path
@@ -143,7 +146,8 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
         path, writer, rows, invalid = work / f"staged-{index:05d}.parquet", None, 0, 0
         for batch, keys in read_batches(source, columns):
             batch["seq"] = np.arange(seq, seq + len(batch), dtype=np.int64)
-            valid = (batch["url"] != "").to_numpy()
+            batch["invalid_reason"] = url_problems(batch["url"])
+            valid = (batch["invalid_reason"] == "").to_numpy()
             spill.add(keys[valid], batch["seq"].to_numpy()[valid])
             table = pa.Table.from_pandas(batch, preserve_index=False)
             writer = writer or pq.ParquetWriter(path, table.schema)
@@ -171,13 +175,14 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
         for record_batch in pq.ParquetFile(path).iter_batches() if path else []:
             batch = record_batch.to_pandas()
             seqs = batch.pop("seq").to_numpy()
-            is_duplicate = np.isin(seqs, duplicate_seqs, assume_unique=True)
-            is_invalid = (batch["url"] == "").to_numpy()
+            reasons = batch.pop("invalid_reason").to_numpy()
+            is_invalid = reasons != ""
+            is_duplicate = np.isin(seqs, duplicate_seqs, assume_unique=True) & ~is_invalid
             batch.insert(len(batch.columns) - 1, "source", index)
             dropped = batch[is_duplicate | is_invalid].copy()
             dropped["state"] = np.where(is_invalid[is_duplicate | is_invalid], "invalid", "duplicate")
             dropped["reason"] = np.where(
-                dropped["state"] == "invalid", "empty url", "repeats an earlier (url, caption)"
+                dropped["state"] == "invalid", reasons[is_duplicate | is_invalid], "repeats an earlier (url, caption)"
             )
             dropped_frames.append(dropped)
             shard_writer.add(batch[~(is_duplicate | is_invalid)].reset_index(drop=True))

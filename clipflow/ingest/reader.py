@@ -1,12 +1,15 @@
 """Ingest: find the metadata files and read them as batches of (url, caption, uid, kept columns)."""
 
 import glob
+import json
 import os
 from dataclasses import dataclass
 from typing import Iterator
 
 import fsspec
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from clipflow.errors import ClipflowError
@@ -14,6 +17,7 @@ from clipflow.files import sha256_file
 from clipflow.ingest.keys import key_to_uid, row_keys
 
 BATCH_ROWS = 100_000
+BLOCK_BYTES = 1 << 22  # Arrow's CSV reader reads this much at a time
 FORMATS_BY_EXTENSION = {
     ".parquet": "parquet",
     ".csv": "csv",
@@ -113,37 +117,64 @@ def _raw_batches(source: Source, columns: Columns) -> Iterator[pd.DataFrame]:
     if source.format == "parquet":
         with fsspec.open(source.path, "rb") as f:
             parquet = pq.ParquetFile(f)
-            present = parquet.schema_arrow.names
-            _check_columns(source, columns, present)
+            _check_columns(source, columns, parquet.schema_arrow.names)
+            _check_text_types(source, columns, parquet.schema_arrow)
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns.wanted()):
                 yield batch.to_pandas()
         return
+    if source.format == "jsonl":
+        with fsspec.open(source.path, "rb", compression="infer") as f:
+            for chunk in pd.read_json(f, lines=True, dtype=False, chunksize=BATCH_ROWS, encoding_errors="replace"):
+                _check_columns(source, columns, list(chunk.columns))
+                yield chunk
+        return
+    yield from _delimited_batches(source, columns)
+
+
+def _delimited_batches(source: Source, columns: Columns) -> Iterator[pd.DataFrame]:
+    """csv, tsv and txt through Arrow's CSV reader: every field as bytes (pandas' C parser ends a field at a NUL
+    byte), decoded as UTF-8 with replacement characters, so no character and no row is lost."""
+    if source.format == "txt":  # one URL a line, nothing quoted
+        read = pa_csv.ReadOptions(column_names=["url"], block_size=BLOCK_BYTES)
+        parse = pa_csv.ParseOptions(delimiter="\x01", quote_char=False)
+    else:
+        read = pa_csv.ReadOptions(block_size=BLOCK_BYTES)
+        parse = pa_csv.ParseOptions(delimiter="," if source.format == "csv" else "\t", newlines_in_values=True)
     with fsspec.open(source.path, "rb", compression="infer") as f:
-        if source.format in ("csv", "tsv"):
-            chunks = pd.read_csv(
-                f,
-                sep="," if source.format == "csv" else "\t",
-                dtype=str,
-                keep_default_na=False,
-                chunksize=BATCH_ROWS,
-                encoding_errors="replace",
+        names = pa_csv.open_csv(f, read_options=read, parse_options=parse).schema.names
+    _check_columns(source, columns, names)
+    as_bytes = pa_csv.ConvertOptions(
+        column_types={name: pa.binary() for name in names}, include_columns=columns.wanted()
+    )
+    with fsspec.open(source.path, "rb", compression="infer") as f:
+        pending = []
+        for batch in pa_csv.open_csv(f, read_options=read, parse_options=parse, convert_options=as_bytes):
+            pending.append(batch)
+            if sum(b.num_rows for b in pending) >= BATCH_ROWS:
+                yield _decoded(pa.Table.from_batches(pending))
+                pending = []
+        if pending:
+            yield _decoded(pa.Table.from_batches(pending))
+
+
+def _decoded(table: pa.Table) -> pd.DataFrame:
+    return pd.DataFrame({name: _text(table[name].to_pandas()) for name in table.column_names})
+
+
+def _check_text_types(source: Source, columns: Columns, schema: pa.Schema) -> None:
+    """A parquet's url, caption and uid columns hold text (strings, or bytes decoded as UTF-8)."""
+    roles = {"url": columns.url, "caption": columns.caption, "uid": columns.uid}
+    for role, column in roles.items():
+        if column is None:
+            continue
+        kind = schema.field(column).type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        text = pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+        if not (text or pa.types.is_large_binary(kind) or pa.types.is_null(kind)):
+            raise ClipflowError(
+                f"{source.path}: column {column!r} (input.{role}_col) holds {kind} values; it must hold text"
             )
-        elif source.format == "jsonl":
-            chunks = pd.read_json(f, lines=True, dtype=False, chunksize=BATCH_ROWS, encoding_errors="replace")
-        else:  # txt: one URL a line
-            chunks = pd.read_csv(
-                f,
-                names=["url"],
-                dtype=str,
-                keep_default_na=False,
-                chunksize=BATCH_ROWS,
-                encoding_errors="replace",
-                sep="\x01",
-                quoting=3,
-            )
-        for chunk in chunks:
-            _check_columns(source, columns, list(chunk.columns))
-            yield chunk
 
 
 def _check_columns(source: Source, columns: Columns, present: list[str]) -> None:
@@ -164,15 +195,39 @@ def _text(values: pd.Series) -> pd.Series:
     )
 
 
+def _first_non_text(values: pd.Series) -> int | None:
+    """Position of the first value that is neither text nor missing (a number, a list, ...), or None."""
+    bad = values.map(lambda v: not (v is None or isinstance(v, (str, bytes)) or (isinstance(v, float) and v != v)))
+    positions = bad.to_numpy().nonzero()[0]
+    return int(positions[0]) if len(positions) else None
+
+
+# C0 and C1 control characters but tab, newline and carriage return, and DEL: in a caption each becomes a
+# space, before the dedup key is computed, so the key sees the stored text and no tool truncates it at a NUL.
+CONTROL_CHARACTERS = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+
+
+def clean_caption(captions: pd.Series) -> pd.Series:
+    return captions.str.replace(CONTROL_CHARACTERS, " ", regex=True)
+
+
 def read_batches(source: Source, columns: Columns) -> Iterator[pd.DataFrame]:
     """Yield (batch, keys): url, caption, uid, the kept columns and source_row (0-based row in the file),
     with each row's (url, caption) key."""
     first_row = 0
     try:
         for raw in _raw_batches(source, columns):
+            for role, column in (("url", columns.url), ("caption", columns.caption), ("uid", columns.uid)):
+                position = None if column is None else _first_non_text(raw[column])
+                if position is not None:
+                    value = raw[column].iloc[position]
+                    raise ClipflowError(
+                        f"{source.path}: {_place(source, first_row + position)}: column {column!r} "
+                        f"(input.{role}_col) holds {value!r}, a {type(value).__name__}; it must hold text"
+                    )
             batch = pd.DataFrame(index=range(len(raw)))
             batch["url"] = _text(raw[columns.url]).str.strip().to_numpy()
-            batch["caption"] = _text(raw[columns.caption]).to_numpy() if columns.caption else ""
+            batch["caption"] = clean_caption(_text(raw[columns.caption])).to_numpy() if columns.caption else ""
             keys = row_keys(batch["url"], batch["caption"])
             if columns.uid:
                 batch["uid"] = _text(raw[columns.uid]).to_numpy()
@@ -190,5 +245,33 @@ def read_batches(source: Source, columns: Columns) -> Iterator[pd.DataFrame]:
             yield batch, keys
     except ClipflowError:
         raise
-    except Exception as error:  # a parser's message alone does not say which file it was reading
-        raise ClipflowError(f"{source.path}: cannot read as {source.format}: {error}") from error
+    except Exception as error:  # a parser's message alone does not say which file, or which line
+        where = _first_bad_line(source) if source.format == "jsonl" else ""
+        raise ClipflowError(f"{source.path}: cannot read as {source.format}{where}: {error}") from error
+
+
+def _place(source: Source, row: int) -> str:
+    """Where data row `row` (0-based, as source_row) is: its line too in a jsonl file."""
+    if source.format != "jsonl":
+        return f"row {row}"
+    with fsspec.open(source.path, "rt", compression="infer", encoding="utf-8", errors="replace") as f:
+        rows = -1
+        for number, line in enumerate(f, start=1):
+            rows += bool(line.strip())
+            if rows == row:
+                return f"row {row} (line {number})"
+    return f"row {row}"
+
+
+def _first_bad_line(source: Source) -> str:
+    """' at line N' for the first line of a jsonl file that is not a JSON object ('' if none is found)."""
+    with fsspec.open(source.path, "rt", compression="infer", encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                if not isinstance(json.loads(line), dict):
+                    return f" at line {number} (not a JSON object)"
+            except ValueError:
+                return f" at line {number}"
+    return ""

@@ -15,7 +15,7 @@ from clipflow.errors import ClipflowError
 from clipflow.curate.reshard import reshard
 from clipflow.curate.near_duplicates import near_duplicates
 from clipflow.curate.subset import combine, uid_array
-from conftest import jpeg, run_snakemake, write_config
+from conftest import jpeg, run_snakemake, write_config, write_shard
 
 BASIC = {
     "min_words": 3,
@@ -155,18 +155,18 @@ def test_near_duplicates_compare_with_kept_rows_only():
 
 
 def write_shards(folder, shards: int, per_shard: int) -> pd.DataFrame:
-    """Input shards as img2dataset writes them; returns their rows (shard, key, uid, caption)."""
+    """Input shards as the download step leaves them; returns their rows (shard, key, uid, caption)."""
     folder.mkdir()
     rows = []
     for shard in range(shards):
-        with wds.TarWriter(str(folder / f"{shard:08d}.tar")) as writer:
-            for i in range(per_shard):
-                key, uid = f"{shard:08d}{i:04d}", f"{shard * 1000 + i:032x}"
-                caption = f"sample {shard}-{i}"
-                meta = {"uid": uid, "key": key, "caption": caption}
-                image = jpeg((40, 30), seed=shard * 100 + i)
-                writer.write({"__key__": key, "jpg": image, "txt": caption, "json": json.dumps(meta).encode()})
-                rows.append({"shard": f"{shard:08d}", "key": key, "uid": uid, "caption": caption})
+        samples = [
+            (f"{shard:08d}{i:04d}", jpeg((40, 30), seed=shard * 100 + i), f"sample {shard}-{i}")
+            for i in range(per_shard)
+        ]
+        write_shard(folder / f"{shard:08d}.tar", samples)
+        rows += [
+            {"shard": f"{shard:08d}", "key": key, "uid": f"u{key}", "caption": caption} for key, _, caption in samples
+        ]
     return pd.DataFrame(rows)
 
 

@@ -1,6 +1,7 @@
 """A download batch: a failing shard does not stop the others, and the rerun downloads only what is missing."""
 
 import json
+import os
 import tarfile
 
 import pandas as pd
@@ -11,6 +12,7 @@ from clipflow.config import load_config
 from clipflow.config import output_settings
 from clipflow.download.batch import download_batch
 from clipflow.errors import ClipflowError
+from clipflow.shards import DamagedShard, ShardReader, verify_folder
 from clipflow.shards import is_complete as shard_is_complete
 
 
@@ -53,3 +55,38 @@ def test_failed_shard_fails_the_batch_and_only_it_is_downloaded_again(tmp_path, 
     with tarfile.open(shards / "00000000.tar") as tar:
         image = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
         assert Image.open(tar.extractfile(image)).size == (64, 64)
+
+
+def test_a_damaged_shard_is_found_by_verify_and_downloaded_again_alone(tmp_path, image_server):
+    plan, shards, record = tmp_path / "plan", tmp_path / "shards", tmp_path / "shards/batches/00000000.json"
+    plan.mkdir()
+    record.parent.mkdir(parents=True)
+    plan_shards = []
+    for n in range(3):
+        plan_shards.append(plan / f"{n:08d}.parquet")
+        rows = {"url": [f"{image_server}/good/{n}.jpg", f"{image_server}/good/{n + 10}.jpg"], "caption": ["a", "b"]}
+        pd.DataFrame({**rows, "uid": [f"{n:031x}0", f"{n:031x}1"]}).to_parquet(plan_shards[-1])
+    (tmp_path / "config.yaml").write_text("input: {paths: [unused.csv]}\n")
+    options = output_settings(load_config(tmp_path / "config.yaml"), "download")
+    download_batch(plan_shards, shards, options, [], record, threads=4)
+    sizes = json.loads(record.read_text())["file_sizes"]
+    assert sizes["00000001.tar"] == (shards / "00000001.tar").stat().st_size and len(sizes) == 9
+    assert verify_folder(shards) == ({}, 3)
+
+    tar = shards / "00000001.tar"
+    data = bytearray(tar.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # same size: only the sha256 tells
+    tar.write_bytes(bytes(data))
+    damaged, checked = verify_folder(shards, remove=True)
+    assert list(damaged) == ["00000001"] and "sha256" in damaged["00000001"] and checked == 3
+    assert not tar.exists() and not (shards / "00000001_stats.json").exists()
+    kept = {n: (shards / f"0000000{n}.tar").stat().st_mtime_ns for n in (0, 2)}
+    download_batch(plan_shards, shards, options, [], record, threads=4)
+    assert [s["downloaded_now"] for s in json.loads(record.read_text())["shards"]] == [False, True, False]
+    assert kept == {n: (shards / f"0000000{n}.tar").stat().st_mtime_ns for n in (0, 2)}
+
+    os.truncate(tar, tar.stat().st_size - 512)  # cut short: the size tells, and the batch notices by itself
+    with pytest.raises(DamagedShard, match=r"00000001.tar: damaged, \d+ bytes where \d+ were written"):
+        ShardReader(shards).sample("00000001", "anything")
+    download_batch(plan_shards, shards, options, [], record, threads=4)
+    assert [s["downloaded_now"] for s in json.loads(record.read_text())["shards"]] == [False, True, False]

@@ -71,6 +71,35 @@ def test_rows_without_url_are_dropped_as_invalid(tmp_path):
     assert dropped["source_row"].tolist() == [1, 2, 3] and set(dropped["reason"]) == {"empty url"}
 
 
+def test_urls_that_are_not_fetched_are_invalid_with_their_reason(tmp_path):
+    urls = [
+        "file:///etc/hostname",
+        "ftp://h/1.jpg",
+        "h/2.jpg",
+        "http:///3.jpg",
+        "data:image/gif;base64,R0",
+        "HTTPS://h/4",
+    ]
+    pd.DataFrame({"url": urls, "caption": list("abcdef")}).to_parquet(tmp_path / "m.parquet")
+    plan = make_plan(config([str(tmp_path / "m.parquet")]), tmp_path / "plan")
+    assert planned_rows(plan)["url"].tolist() == urls[4:]
+    dropped = pd.read_parquet(tmp_path / "plan/dropped/00000.parquet")
+    assert dropped["reason"].str.split(":").str[0].tolist() == [
+        "unsupported URL scheme 'file'",
+        "unsupported URL scheme 'ftp'",
+        "no URL scheme",
+        "no host in the URL",
+    ]
+
+
+def test_captions_differing_after_a_nul_stay_two_rows(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"url,caption\nhttp://h/1.jpg,red car\x00 parked\nhttp://h/1.jpg,red car\x00 moving\n")
+    plan = make_plan(config([str(path)]), tmp_path / "plan")
+    assert plan.totals()["duplicates"] == 0
+    assert planned_rows(plan)["caption"].tolist() == ["red car  parked", "red car  moving"]
+
+
 def test_new_files_append_shards_and_never_renumber(tmp_path):
     rng = np.random.default_rng(1)
     first, second = random_metadata(rng, 3_000, 2_000), random_metadata(rng, 3_000, 2_000)

@@ -113,10 +113,10 @@ def test_unreadable_file_names_file_and_format(tmp_path):
         read_all(path)
 
 
-def test_malformed_jsonl_names_the_file(tmp_path):
+def test_malformed_jsonl_names_the_file_and_line(tmp_path):
     path = tmp_path / "m.jsonl"
-    path.write_text(json.dumps({"url": URLS[0], "caption": "x"}) + "\n{not json\n")
-    with pytest.raises(ClipflowError, match=r"m\.jsonl: cannot read as jsonl"):
+    path.write_text(json.dumps({"url": URLS[0], "caption": "x"}) + "\n\n{not json\n")
+    with pytest.raises(ClipflowError, match=r"m\.jsonl: cannot read as jsonl at line 3"):
         read_all(path)
 
 
@@ -141,3 +141,21 @@ def test_fsspec_urls_are_read(tmp_path):
     assert rows["url"].tolist() == URLS
     (globbed,) = find_sources(["memory://bucket/*.parquet"])
     assert globbed.path.startswith("memory://") and globbed.path.endswith("/bucket/meta.parquet")
+
+
+def test_a_nul_in_a_caption_becomes_a_space_and_keeps_what_follows(tmp_path):
+    path = tmp_path / "nul.csv"
+    path.write_bytes(b"url,caption\nhttp://a/1.jpg,red car\x00 parked\nhttp://a/1.jpg,red car\x00 moving\x7f\n")
+    rows = read_all(path)
+    assert rows["caption"].tolist() == ["red car  parked", "red car  moving "]
+
+
+def test_a_url_column_of_numbers_is_refused_before_any_work(tmp_path):
+    path = tmp_path / "ints.parquet"
+    pd.DataFrame({"url": [1, 2], "caption": ["a", "b"]}).to_parquet(path)
+    with pytest.raises(ClipflowError, match=r"ints.parquet: column 'url' \(input.url_col\) holds int64 values"):
+        read_all(path)
+    lines = tmp_path / "mixed.jsonl"
+    lines.write_text('{"url": "http://a/1.jpg", "caption": "a"}\n\n{"url": 7, "caption": "b"}\n')
+    with pytest.raises(ClipflowError, match=r"mixed.jsonl: row 1 \(line 3\): column 'url' .* holds 7, a int"):
+        read_all(lines)

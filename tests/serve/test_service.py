@@ -19,6 +19,7 @@ from clipflow.serve.indices import load_indices
 from conftest import jpeg
 from served import CAPTIONS, DUPLICATE_OF, Server, image_of, indices, planted_vectors  # noqa: F401 - fixture
 
+
 @pytest.fixture(scope="module")
 def server(indices):
     server = Server(indices)

@@ -31,8 +31,8 @@ ROWS = [
     ("/missing.jpg", "gone", "http 404"),
     ("/error.jpg", "server error", "http 500"),
     ("/slow.jpg", "answers after the timeout", "timeout"),
-    ("/truncated.jpg", "jpeg cut inside its headers", "not a decodable image"),
-    ("/page.jpg", "html instead of an image", "not a decodable image"),
+    ("/truncated.jpg", "jpeg cut inside its headers", "truncated image"),
+    ("/page.jpg", "html instead of an image", "not an image"),
     ("/huge.jpg", "a 6000x4000 image", "success"),
     ("/redirect.jpg", "redirects to a good image", "success"),
     ("/noai.jpg", "X-Robots-Tag says noai", "disallowed by X-Robots-Tag"),
@@ -41,15 +41,29 @@ ROWS = [
     ("", "a row without a url", "invalid"),
     ("/good/3.jpg", "good again", "success"),
     ("/good/1.jpg", "another good image", "duplicate"),
+    ("/cut-scan.jpg", "jpeg cut in the middle of its scan", "truncated image"),
+    ("/short-length.jpg", "a Content-Length below the real length", "truncated image"),
+    ("/drip.jpg", "a byte every 0.2 s and each read within the timeout", "deadline exceeded"),
+    ("/rotated.jpg", "exif orientation 6", "success"),
+    ("/animated.gif", "an animated gif", "success"),
+    ("/gzip.jpg", "a gzip-encoded body", "success"),
+    ("/brotli.jpg", "a br-encoded body", "unsupported Content-Encoding 'br'"),
+    ("/named/with space.jpg", "a raw space in the url", "success"),
+    ("/named/caf\xe9 \u2615.jpg", "raw non-ascii characters in the url", "success"),
+    ("file:///etc/hostname", "a local file", "invalid"),
+    ("/good/5.jpg", "red car\x00 parked", "success"),
 ] + [
     (f"/gone/{i}.jpg", f"lost image {i}", "http 404") for i in range(5)
 ]  # the last shard fails whole
 
 
 def write_metadata(path: Path, server: str, rows) -> None:
-    """A CSV in latin-1, so the cafe caption is not valid UTF-8, as in real scraped metadata."""
-    lines = ["url,caption"] + [f"{server + p if p else ''},{caption}" for p, caption, _ in rows]
-    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    """A CSV in UTF-8 but for the latin-1 caption, which is not valid UTF-8, as in real scraped metadata."""
+    lines = [b"url,caption"]
+    for url, caption, _ in rows:
+        line = f"{server + url if url.startswith('/') else url},{caption}"
+        lines.append(line.encode("latin-1" if "latin-1" in caption else "utf-8"))
+    path.write_bytes(b"\n".join(lines) + b"\n")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +73,7 @@ def workflow_run(tmp_path_factory, image_server):
     config = {
         "input": {"paths": ["metadata.csv"]},
         "plan": {"samples_per_shard": 5},
-        "download": {"timeout": 2, "threads": 8, "image_size": 64, "shards_per_job": 2},
+        "download": {"timeout": 2, "deadline": 3, "threads": 8, "image_size": 64, "shards_per_job": 2},
         "embed": {"model": "ViT-S-32", "pretrained": "none", "batch_size": 4, "workers": 1, "shards_per_job": 2},
     }
     write_config(workdir, config)
@@ -78,12 +92,42 @@ def test_every_row_ends_in_its_expected_state(workflow_run, image_server):
     for path, caption, expected in ROWS:
         if expected in ("duplicate", "invalid"):
             continue
-        row = results[results["url"] == image_server + path].iloc[0]
+        row = results[(results["url"] == image_server + path) & (results["caption"] == clean(caption))].iloc[0]
         state = "success" if row["status"] == "success" else failure_reason(row["status"], row["error_message"])
         assert state == expected, (path, row["status"], row["error_message"])
     dropped = pd.read_parquet(workdir / "results/plan/dropped/00000.parquet")
-    assert sorted(dropped["state"]) == ["duplicate", "duplicate", "invalid"]
-    assert sorted(dropped["source_row"]) == [11, 12, 14]
+    assert sorted(dropped["state"]) == ["duplicate", "duplicate", "invalid", "invalid"]
+    assert sorted(dropped["source_row"]) == [11, 12, 14, 24]  # the file:// row is 24
+    assert dropped.set_index("source_row").loc[24, "reason"].startswith("unsupported URL scheme 'file'")
+
+
+def clean(caption: str) -> str:
+    """The caption as stored: control characters as spaces, latin-1 bytes as replacement characters."""
+    return re.sub("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", " ", caption).replace("\xe9 latin-1", "\ufffd latin-1")
+
+
+def test_a_caption_keeps_what_follows_a_nul(workflow_run, image_server):
+    workdir, _ = workflow_run
+    assert shard_results(workdir).set_index("caption").loc["red car  parked", "status"] == "success"
+    samples = wds.WebDataset(sorted(str(p) for p in (workdir / "results/shards").glob("*.tar")), shardshuffle=False)
+    assert "red car  parked" in {s["txt"].decode() for s in samples}
+
+
+def stored_image(workdir: Path, url: str) -> np.ndarray:
+    row = shard_results(workdir).set_index("url").loc[url]
+    samples = wds.WebDataset(str(workdir / f"results/shards/{row['key'][:8]}.tar"), shardshuffle=False)
+    sample = next(s for s in samples.decode("rgb8") if s["__key__"] == row["key"])
+    return sample["jpg"]
+
+
+def test_images_are_stored_upright_and_as_their_first_frame(workflow_run, image_server):
+    workdir, _ = workflow_run
+    rotated = stored_image(workdir, image_server + "/rotated.jpg").astype(int)  # 64x64, white left and right
+    red, blue = np.array([220, 20, 20]), np.array([20, 20, 220])
+    assert np.abs(rotated[32, 40] - red).max() < 40 and np.abs(rotated[32, 22] - blue).max() < 40
+    assert np.abs(rotated[32, 1] - 255).max() < 10  # the border: the image stood upright, 3:4
+    first_frame = stored_image(workdir, image_server + "/animated.gif").astype(int)
+    assert np.abs(first_frame[32, 32] - red).max() < 40
 
 
 def test_non_utf8_caption_keeps_its_row(workflow_run, image_server):
@@ -102,10 +146,10 @@ def test_summary_adds_up_per_shard_and_in_total(workflow_run):
             expected_failed[state] = expected_failed.get(state, 0) + 1
     assert summary["input_rows"] == len(ROWS)
     assert summary["duplicates_dropped"] == 2
-    assert summary["invalid_dropped"] == 1
+    assert summary["invalid_dropped"] == 2
     assert summary["downloaded"] == sum(state == "success" for *_, state in ROWS)
     assert summary["failed"] == expected_failed
-    assert [s["shard"] for s in summary["shards"]] == ["00000000", "00000001", "00000002", "00000003"]
+    assert [s["shard"] for s in summary["shards"]] == [f"{n:08d}" for n in range(6)]
     assert summary["shards"][-1]["downloaded"] == 0
     for shard in summary["shards"]:
         stats = json.loads((workdir / f"results/shards/{shard['shard']}_stats.json").read_text())
@@ -118,7 +162,7 @@ def test_summary_adds_up_per_shard_and_in_total(workflow_run):
 def test_shards_are_valid_webdatasets_with_uids(workflow_run):
     workdir, _ = workflow_run
     tars = sorted(str(p) for p in (workdir / "results/shards").glob("*.tar"))
-    assert [Path(t).name for t in tars] == ["00000000.tar", "00000001.tar", "00000002.tar", "00000003.tar"]
+    assert [Path(t).name for t in tars] == [f"{n:08d}.tar" for n in range(6)]
     samples = list(wds.WebDataset(tars, shardshuffle=False).decode("pil"))
     results = shard_results(workdir)
     successes = results[results["status"] == "success"]
@@ -163,9 +207,9 @@ def test_embeddings_are_normalized_float16_aligned_with_downloads(workflow_run):
         rows = pd.read_parquet(workdir / f"results/embeddings/metadata/{parquet.stem}.parquet")
         assert sorted(rows["key"]) == sorted(downloaded["key"]) and set(rows["shard"]) <= {parquet.stem}
         assert len(np.load(workdir / f"results/embeddings/image/{parquet.stem}.npy")) == len(rows)
-    info = json.loads((workdir / "results/embeddings/info/00000002.json").read_text())
-    assert info["shards"] == ["00000002", "00000003"]  # shard 3's downloads all failed: it adds no rows
-    assert info["per_shard"] == {"00000002": int((metadata["shard"] == "00000002").sum()), "00000003": 0}
+    info = json.loads((workdir / "results/embeddings/info/00000004.json").read_text())
+    assert info["shards"] == ["00000004", "00000005"]  # shard 5's downloads all failed: it adds no rows
+    assert info["per_shard"] == {"00000004": int((metadata["shard"] == "00000004").sum()), "00000005": 0}
     assert info["provenance"]["random_weights"] is True and info["provenance"]["versions"]["open_clip"]
 
 
@@ -257,7 +301,7 @@ def test_embedding_summary_and_report(workflow_run):
     workdir, _ = workflow_run
     summary = json.loads((workdir / "results/summary/embeddings.json").read_text())
     assert summary["embedded"] == len(embedded(workdir)[2]) and summary["decode_failed"] == 0
-    assert [job["chunk"] for job in summary["jobs"]] == ["00000000", "00000002"]
+    assert [job["chunk"] for job in summary["jobs"]] == ["00000000", "00000002", "00000004"]
     assert -1 <= summary["image_text_similarity"]["mean"] <= 1
     run_snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
@@ -285,11 +329,18 @@ def test_rerun_is_a_no_op(workflow_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_deleting_one_tar_downloads_that_shard_alone_again(workflow_run):
+def test_a_truncated_tar_is_found_and_downloaded_again_alone(workflow_run):
     workdir, _ = workflow_run
     shards = workdir / "results/shards"
     before = {p.name: p.stat().st_mtime_ns for p in shards.iterdir() if p.is_file()}
-    (shards / "00000001.tar").unlink()
+    tar = shards / "00000001.tar"
+    os.truncate(tar, tar.stat().st_size // 2)
+    verified = clipflow_cli("verify", str(shards), cwd=workdir)
+    assert verified.returncode == 1 and "00000001: damaged" in verified.stdout, verified.stdout + verified.stderr
+    filtered = clipflow_cli("filter", "anything", "-k", "50", "--output", "out", "--shards", str(shards), cwd=workdir)
+    assert (
+        filtered.returncode == 1 and "00000001.tar: damaged" in filtered.stderr and "Traceback" not in filtered.stderr
+    )
     # Its batch (shards 0 and 1) runs again but keeps shard 0; the chunk holding it is embedded again.
     assert jobs_in_dry_run(workdir) == [
         "all",
@@ -317,14 +368,14 @@ def test_new_input_file_adds_shards_without_renumbering(workflow_run, image_serv
     config_path.write_text(config_path.read_text().replace("- metadata.csv", "- metadata.csv\n  - more.csv"))
     jobs = jobs_in_dry_run(workdir)
     assert [job for job in jobs if job.startswith(("download", "embed"))] == [
-        "download_batch[00000004]",
-        "embed_chunk[00000004]",
+        "download_batch[00000006]",
+        "embed_chunk[00000006]",
     ]
     run_snakemake(workdir, "--cores", "2")
     summary = json.loads((workdir / "results/summary/download.json").read_text())
     assert summary["input_rows"] == len(ROWS) + 2
     assert summary["duplicates_dropped"] == 3
-    assert pd.read_parquet(workdir / "results/plan/shards/00000004.parquet")["url"].tolist() == [
+    assert pd.read_parquet(workdir / "results/plan/shards/00000006.parquet")["url"].tolist() == [
         image_server + "/good/10.jpg"
     ]
 
@@ -339,7 +390,7 @@ def test_killed_download_leaves_no_complete_shard(tmp_path, image_server):
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = tmp_path / "logs/download/00000000.log"
     deadline = time.monotonic() + 60
-    while not (log.exists() and "Downloading starting now" in log.read_text()):
+    while not (log.exists() and "shard 00000000: downloading" in log.read_text()):
         assert time.monotonic() < deadline, "the download never started"
         time.sleep(0.2)
     time.sleep(1)  # the slow image is being fetched now

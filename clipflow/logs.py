@@ -3,6 +3,8 @@ import logging
 import os
 import sys
 
+from clipflow.errors import ClipflowError
+
 
 @contextlib.contextmanager
 def redirect_to_log(path):
@@ -19,6 +21,12 @@ def redirect_to_log(path):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
         try:
             yield
+        except ClipflowError as error:  # the job's log says why it failed, as well as Snakemake's
+            logging.getLogger("clipflow").error("%s", error)
+            raise
+        except Exception:
+            logging.getLogger("clipflow").exception("the job failed")
+            raise
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

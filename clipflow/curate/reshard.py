@@ -37,8 +37,12 @@ def _rows_digest(rows: pd.DataFrame, shards_folder) -> str:
 
 
 def _is_complete(folder: Path, number: int, rows: pd.DataFrame, shards_folder) -> bool:
-    stats = shards.stats_path(folder, shards.shard_name(number))
-    return stats.exists() and json.loads(stats.read_text()).get("rows_sha256") == _rows_digest(rows, shards_folder)
+    name = shards.shard_name(number)
+    if not shards.is_complete(folder, name) or shards.damage(folder, name):
+        return False
+    return json.loads(shards.stats_path(folder, name).read_text()).get("rows_sha256") == _rows_digest(
+        rows, shards_folder
+    )
 
 
 def write_shard(rows: pd.DataFrame, shards_folder: Path | str, folder: Path | str, number: int) -> int:

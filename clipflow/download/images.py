@@ -3,8 +3,8 @@
 img2dataset decodes with OpenCV, which fills a truncated JPEG's missing half with grey and reports success,
 ignores EXIF orientation, and cannot read GIFs. `CheckedResizer` wraps img2dataset's `Resizer` (its
 downloader takes any resizer) and first decodes each body with Pillow, which refuses truncated data:
-- JPEGs are decoded at 1/8 scale: every entropy-coded byte is still read, so truncation is caught, at a
-  fraction of a full decode's cost (`bench/image_check.py` measures it);
+- a JPEG whose end-of-image marker closes it is whole; one without is decoded at 1/8 scale, which still
+  reads every entropy-coded byte, so a cut scan fails (`bench/image_check.py` measures what this costs);
 - an image with an EXIF orientation, an animated image (its first frame is kept) or a format OpenCV does not
   read is handed on as a lossless PNG of the upright first frame; everything else is handed on unchanged.
 """
@@ -34,8 +34,10 @@ def prepared_image(body: bytes) -> bytes:
             orientation = image.getexif().get(ORIENTATION, 1)
             animated = getattr(image, "is_animated", False)
             if image.format == "JPEG" and orientation in (0, 1):
+                if _ends_whole(body):
+                    return body
                 image.draft(None, (1, 1))  # the smallest DCT scale libjpeg offers
-                image.load()
+                image.load()  # a truncated scan fails here; a whole one followed by other bytes passes
                 return body
             image.load()
             if orientation in (0, 1) and not animated and image.format in OPENCV_FORMATS:
@@ -50,6 +52,12 @@ def prepared_image(body: bytes) -> bytes:
     out = io.BytesIO()
     upright.save(out, format="PNG", compress_level=1)
     return out.getvalue()
+
+
+def _ends_whole(jpeg: bytes) -> bool:
+    """Whether a JPEG's end-of-image marker is in its last kilobyte. Entropy-coded data never holds FF D9
+    (an FF there is followed by 00 or a restart marker), so a body cut inside its scan has none there."""
+    return b"\xff\xd9" in jpeg[-1024:]
 
 
 def _reason(error: Exception, body: bytes) -> str:

@@ -23,6 +23,7 @@ from clipflow.serve.errors import RequestError
 from clipflow.serve.indices import ServedIndex, distinct, load_indices
 from clipflow.serve.metrics import Metrics
 from clipflow.serve.remote import RemoteImages
+from clipflow.shards import DamagedShard
 
 log = logging.getLogger(__name__)
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
@@ -132,7 +133,11 @@ class Service:
 
     async def image(self, request):
         served = self.indices.get(request.match_info["index"])
-        data = served and await asyncio.to_thread(served.image_bytes, int(request.match_info["id"]))
+        try:
+            data = served and await asyncio.to_thread(served.image_bytes, int(request.match_info["id"]))
+        except DamagedShard as error:
+            log.error("%s", error)  # the operator's to repair; the client gets a plain 503
+            raise web.HTTPServiceUnavailable(reason="the shard holding this image is damaged") from None
         if not data:
             raise web.HTTPNotFound(reason="no such image (unknown index or id, or the index has no shards)")
         return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})

@@ -27,7 +27,7 @@ def test_demo_workflow_end_to_end(tmp_path):
     missing = distinct.str.contains("/missing/").sum()
     truncated = distinct.str.contains("/images/.*-truncated").sum()
     assert missing > 0 and truncated > 0
-    assert summary["failed"] == {"http 404": missing, "not a decodable image": truncated}
+    assert summary["failed"] == {"http 404": missing, "truncated image": truncated}
     assert summary["downloaded"] == len(distinct) - 1 - missing - truncated
     assert "input rows" in result.stdout + result.stderr
 

@@ -1,7 +1,8 @@
 """The workflow on a real single-node SLURM cluster (tests/slurm/cluster.sh) through profiles/slurm.
 
 GPU jobs ask SLURM for a GPU, a cancelled job is retried to the same results, and deleting one shard
-submits only its jobs again. The dry run needs no cluster at all.
+submits only its jobs again. The dry run needs no cluster at all. Each level of the DAG costs ~20 s of
+status checks here, so the tests after the first run redo as few levels as show what they test.
 """
 
 import os
@@ -119,20 +120,12 @@ def test_only_embedding_jobs_ask_for_a_gpu(slurm_run):
         assert asks_gpu == job.startswith("embed_chunk"), f"{job} (SLURM job {job_id}):\n{record}"
 
 
-def canonical_outputs(workdir: Path) -> dict:
-    """What a run produced, independent of the order in which img2dataset's threads finished."""
-    columns = ["key", "uid", "url", "caption", "status", "sha256", "original_width", "original_height"]
-    shards = pd.concat(
-        pd.read_parquet(p, columns=columns) for p in sorted((workdir / "results/shards").glob("*.parquet"))
-    )
+def embeddings(workdir: Path) -> dict:
+    folder = workdir / "results/embeddings"
     return {
-        "shards": shards.sort_values("key").reset_index(drop=True),
-        "summary": (workdir / "results/summary/download.json").read_text(),
-        "metadata": pd.concat(
-            pd.read_parquet(p) for p in sorted((workdir / "results/embeddings/metadata").glob("*.parquet"))
-        ).reset_index(drop=True),
+        "metadata": pd.concat(pd.read_parquet(p) for p in sorted((folder / "metadata").glob("*.parquet"))),
         **{
-            kind: np.concatenate([np.load(p) for p in sorted((workdir / f"results/embeddings/{kind}").glob("*.npy"))])
+            kind: np.concatenate([np.load(p) for p in sorted((folder / kind).glob("*.npy"))])
             for kind in ("image", "text")
         },
     }
@@ -140,8 +133,10 @@ def canonical_outputs(workdir: Path) -> dict:
 
 def test_cancelled_job_is_retried_to_the_same_results(slurm_run, tmp_path):
     clean_workdir, _ = slurm_run
-    write_demo_config(tmp_path)
-    run = snakemake_on_slurm(tmp_path, background=True)
+    workdir = tmp_path / "copy"
+    shutil.copytree(clean_workdir, workdir)  # the finished run, its embeddings gone: only embed_chunk runs
+    shutil.rmtree(workdir / "results/embeddings")
+    run = snakemake_on_slurm(workdir, "results/embeddings/info/00000000.json", background=True)
     deadline, cancelled = time.monotonic() + 300, None
     while cancelled is None and run.poll() is None and time.monotonic() < deadline:
         running = subprocess.run(
@@ -157,11 +152,9 @@ def test_cancelled_job_is_retried_to_the_same_results(slurm_run, tmp_path):
     assert cancelled, "no embedding job was seen running"
     assert run.returncode == 0, output[-5000:]
     assert f"SLURM-job '{cancelled}' failed, SLURM status is: 'CANCELLED'" in output
-    assert list(submitted_jobs(output).values()).count("embed_chunk[00000000]") == 2  # the retry
+    assert list(submitted_jobs(output).values()) == ["embed_chunk[00000000]"] * 2  # the job and its retry
 
-    clean, retried = canonical_outputs(clean_workdir), canonical_outputs(tmp_path)
-    pd.testing.assert_frame_equal(clean["shards"], retried["shards"])
-    assert clean["summary"] == retried["summary"]
+    clean, retried = embeddings(clean_workdir), embeddings(workdir)
     pd.testing.assert_frame_equal(clean["metadata"], retried["metadata"])
     np.testing.assert_array_equal(clean["image"], retried["image"])
     np.testing.assert_array_equal(clean["text"], retried["text"])
@@ -172,21 +165,18 @@ def test_deleted_shard_submits_only_its_jobs(slurm_run):
     shards = workdir / "results/shards"
     kept = {p.name: p.stat().st_mtime_ns for p in shards.glob("00000000*")}
     (shards / "00000001.tar").unlink()
-    result = snakemake_on_slurm(workdir)
+    # Up to the indices: the curation after them would add four levels of jobs to wait for, and nothing to learn.
+    result = snakemake_on_slurm(workdir, "--until", "build_index", "index_metadata", "summarize_downloads")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
-    assert sorted(submitted_jobs(output).values()) == sorted(
-        [
-            "build_index[image]",
-            "build_index[text]",
-            "download_batch[00000001]",
-            "embed_chunk[00000000]",
-            "index_metadata",
-            "summarize_downloads",
-            "summarize_embeddings",
-            *CURATION_JOBS,
-        ]
-    )
+    assert sorted(submitted_jobs(output).values()) == [
+        "build_index[image]",
+        "build_index[text]",
+        "download_batch[00000001]",
+        "embed_chunk[00000000]",
+        "index_metadata",
+        "summarize_downloads",
+    ]
     assert (shards / "00000001.tar").exists()
     assert {p.name: p.stat().st_mtime_ns for p in shards.glob("00000000*")} == kept
 

@@ -25,18 +25,16 @@ READ_SIZE = 1 << 16
 
 # What WHATWG's URL standard leaves as it is in a path, a query and a fragment: everything else (spaces,
 # control and non-ASCII characters, ...) is sent percent-encoded as UTF-8. '%' stays, so escapes stay single.
-_PATH_SAFE = string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/%[]|^`{}\\"
+_PATH_SAFE = string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/%[]|^`{}"
 _QUERY_SAFE = _PATH_SAFE + "?"
+_C0_AND_SPACE = "".join(map(chr, range(0x21)))
 
 
 def browser_url(url: str) -> str:
     """`url` as a browser sends it: surrounding spaces and inner tabs and newlines dropped, the host in IDNA
     form, the path and query percent-encoded as UTF-8 where they hold characters a URL may not carry, no
     fragment. A URL without a host or that is not http(s) comes back stripped and otherwise unchanged."""
-    url = url.strip(
-        " \x00\x01\x02\x03\x04\x05\x06\x07\x08\t\n\x0b\x0c\r\x0e\x0f\x10\x11\x12\x13\x14\x15\x16"
-        "\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f"
-    )
+    url = url.strip(_C0_AND_SPACE)
     url = url.replace("\t", "").replace("\n", "").replace("\r", "")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:

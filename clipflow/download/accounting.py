@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 from clipflow.errors import ClipflowError
 from clipflow.ingest.planner import Plan
 
+# img2dataset's resizer's own reasons, then clipflow.download.images' (each message starts with its reason)
 RESIZE_REASONS = ("image too small", "image area too large", "aspect ratio too large")
+RESIZE_REASONS += ("truncated image", "damaged image", "not an image", "empty body")
 # clipflow.download.http's errors: reason by how the message starts (None: the message up to its colon)
 DOWNLOAD_REASONS = {
     "download took longer": "deadline exceeded",
@@ -17,14 +19,13 @@ DOWNLOAD_REASONS = {
     "unsupported": None,
     "body in Content-Encoding": None,
 }
-CHECK_REASONS = ("truncated image", "damaged image", "not an image", "empty body", "image area too large")
 
 
 def failure_reason(status: str, message: str | None) -> str:
     """A short, groupable reason for one failed row of an img2dataset shard parquet."""
     message = message or ""
     if status == "failed_to_resize":
-        if message in RESIZE_REASONS or message.startswith(CHECK_REASONS):
+        if message.startswith(RESIZE_REASONS):
             return message.split(":")[0]
         return "not a decodable image"
     for start, reason in DOWNLOAD_REASONS.items():

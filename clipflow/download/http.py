@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 import zlib
 
-from clipflow.ingest.urls import SCHEMES
+from clipflow.ingest.urls import FETCHED
 
 READ_SIZE = 1 << 16
 
@@ -74,18 +74,21 @@ def _decoded(body: bytes, encoding: str) -> bytes:
     raise DownloadError(f"unsupported Content-Encoding {encoding!r}")
 
 
-class _Connection(http.client.HTTPConnection):
-    def getresponse(self):
-        response = super().getresponse()
-        response.clipflow_socket = self.sock  # the body is read after urllib drops the connection
-        return response
+class _KeepsSocket:
+    """A connection whose response keeps its socket: the body is read after urllib drops the connection."""
 
-
-class _SecureConnection(http.client.HTTPSConnection):
     def getresponse(self):
         response = super().getresponse()
         response.clipflow_socket = self.sock
         return response
+
+
+class _Connection(_KeepsSocket, http.client.HTTPConnection):
+    pass
+
+
+class _SecureConnection(_KeepsSocket, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
@@ -107,7 +110,7 @@ class _Rules(urllib.request.BaseHandler):
         self.timeout, self.deadline = timeout, deadline
 
     def unknown_open(self, req):
-        raise DownloadError(f"unsupported URL scheme {req.type!r}: only {', '.join(SCHEMES)} URLs are fetched")
+        raise DownloadError(f"unsupported URL scheme {req.type!r}: {FETCHED}")
 
     def http_request(self, req):
         req.full_url = browser_url(req.full_url)

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -195,11 +197,22 @@ def _text(values: pd.Series) -> pd.Series:
     )
 
 
-def _first_non_text(values: pd.Series) -> int | None:
-    """Position of the first value that is neither text nor missing (a number, a list, ...), or None."""
-    bad = values.map(lambda v: not (v is None or isinstance(v, (str, bytes)) or (isinstance(v, float) and v != v)))
-    positions = bad.to_numpy().nonzero()[0]
-    return int(positions[0]) if len(positions) else None
+def _check_json_values(source: Source, columns: Columns, raw: pd.DataFrame, first_row: int) -> None:
+    """A jsonl batch's url, caption and uid values are text or missing, not numbers or lists: name the first
+    that is not, with its row and line."""
+    for role, column in (("url", columns.url), ("caption", columns.caption), ("uid", columns.uid)):
+        if column is None:
+            continue
+        bad = raw[column].map(
+            lambda v: not (v is None or isinstance(v, (str, bytes)) or (isinstance(v, float) and v != v))
+        )
+        positions = bad.to_numpy().nonzero()[0]
+        if len(positions):
+            value = raw[column].iloc[positions[0]]
+            raise ClipflowError(
+                f"{source.path}: {_jsonl_place(source, first_row + int(positions[0]))}: column {column!r} "
+                f"(input.{role}_col) holds {value!r}, a {type(value).__name__}; it must hold text"
+            )
 
 
 # C0 and C1 control characters but tab, newline and carriage return, and DEL: in a caption each becomes a
@@ -207,8 +220,10 @@ def _first_non_text(values: pd.Series) -> int | None:
 CONTROL_CHARACTERS = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 
 
-def clean_caption(captions: pd.Series) -> pd.Series:
-    return captions.str.replace(CONTROL_CHARACTERS, " ", regex=True)
+def clean_caption(captions: pd.Series) -> np.ndarray:
+    """Captions with their control characters as spaces, by Arrow's regex kernel (~3x pandas' str.replace)."""
+    cleaned = pc.replace_substring_regex(pa.array(captions, type=pa.string()), CONTROL_CHARACTERS, " ")
+    return cleaned.to_numpy(zero_copy_only=False)
 
 
 def read_batches(source: Source, columns: Columns) -> Iterator[pd.DataFrame]:
@@ -217,17 +232,11 @@ def read_batches(source: Source, columns: Columns) -> Iterator[pd.DataFrame]:
     first_row = 0
     try:
         for raw in _raw_batches(source, columns):
-            for role, column in (("url", columns.url), ("caption", columns.caption), ("uid", columns.uid)):
-                position = None if column is None else _first_non_text(raw[column])
-                if position is not None:
-                    value = raw[column].iloc[position]
-                    raise ClipflowError(
-                        f"{source.path}: {_place(source, first_row + position)}: column {column!r} "
-                        f"(input.{role}_col) holds {value!r}, a {type(value).__name__}; it must hold text"
-                    )
+            if source.format == "jsonl":  # parquet's types are checked from its schema; csv fields are all text
+                _check_json_values(source, columns, raw, first_row)
             batch = pd.DataFrame(index=range(len(raw)))
             batch["url"] = _text(raw[columns.url]).str.strip().to_numpy()
-            batch["caption"] = clean_caption(_text(raw[columns.caption])).to_numpy() if columns.caption else ""
+            batch["caption"] = clean_caption(_text(raw[columns.caption])) if columns.caption else ""
             keys = row_keys(batch["url"], batch["caption"])
             if columns.uid:
                 batch["uid"] = _text(raw[columns.uid]).to_numpy()
@@ -250,10 +259,8 @@ def read_batches(source: Source, columns: Columns) -> Iterator[pd.DataFrame]:
         raise ClipflowError(f"{source.path}: cannot read as {source.format}{where}: {error}") from error
 
 
-def _place(source: Source, row: int) -> str:
-    """Where data row `row` (0-based, as source_row) is: its line too in a jsonl file."""
-    if source.format != "jsonl":
-        return f"row {row}"
+def _jsonl_place(source: Source, row: int) -> str:
+    """Where data row `row` (0-based, as source_row) of a jsonl file is: its row and its line."""
     with fsspec.open(source.path, "rt", compression="infer", encoding="utf-8", errors="replace") as f:
         rows = -1
         for number, line in enumerate(f, start=1):

@@ -40,7 +40,8 @@ def _filter(args) -> None:
 
 
 def _serve(args) -> None:
-    from clipflow.serve.app import Limits, serve
+    from clipflow.serve.app import serve
+    from clipflow.serve.limits import Limits
 
     limits = Limits(
         max_num_images=args.max_num_images,

@@ -12,6 +12,7 @@ every stage that reads a tar first checks its size against that record (`check_i
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -137,8 +138,15 @@ class ShardReader:
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
         self.members: dict[str, dict[str, dict[str, tuple[int, int]]]] = {}  # shard -> key -> ext -> place
+        self.listing = threading.Lock()  # concurrent first reads of a tar list it once; the others wait for it
 
     def _members(self, shard: str) -> dict:
+        if shard in self.members:
+            return self.members[shard]
+        with self.listing:
+            return self._list_members(shard)
+
+    def _list_members(self, shard: str) -> dict:
         if shard not in self.members:
             import tarfile
 

@@ -37,6 +37,10 @@ def jpeg(size=(320, 240), color=(200, 40, 40), quality=90, seed=None) -> bytes:
     return buffer.getvalue()
 
 
+def paced_jpeg() -> bytes:
+    return jpeg(size=(1600, 1200), seed=3)
+
+
 def rotated_jpeg() -> bytes:
     """A 320x240 JPEG stored with its top half red and bottom half blue, and EXIF orientation 6 (shown turned
     90 degrees clockwise: upright, 240x320, blue on the left and red on the right)."""
@@ -129,6 +133,26 @@ class PathologicalHandler(http.server.BaseHTTPRequestHandler):
             self._send(200, gzip.compress(jpeg(seed=11)), headers=[("Content-Encoding", "gzip")])
         elif path == "/brotli.jpg":
             self._send(200, b"\x8b\x02\x80not really brotli", headers=[("Content-Encoding", "br")])
+        elif path == "/paced.jpg":  # a 450 KB JPEG sent in 16 KB pieces a few ms apart, as a real host's arrive
+            body = paced_jpeg()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for start in range(0, len(body), 2**14):
+                self.wfile.write(body[start : start + 2**14])
+                self.wfile.flush()
+                time.sleep(0.003)
+        elif path.startswith("/oversized"):  # 3 MB: with its Content-Length, or (-unannounced) without
+            body = jpeg(size=(1600, 1200), seed=4, quality=100) * 3
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            if path == "/oversized.jpg":
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client stops reading at its limit
+                self.wfile.write(body)
+            self.close_connection = True
         elif path.startswith("/named/"):  # any name, percent-encoded by the client: a good image
             self._send(200, jpeg(seed=len(urllib.parse.unquote(path))))
         else:

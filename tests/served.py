@@ -58,7 +58,12 @@ def build_index_folder(root: Path) -> Path:
         )
     write_metadata([outputs["metadata"]], index / "metadata.arrow")
     build_vector_index(root / "vectors", index / "model.json")
-    spec = {"demo": {"index": "index", "shards": "shards"}, "bare": {"index": "index"}, "vectors": {"index": "vectors"}}
+    write_score_models(root)
+    spec = {
+        "demo": {"index": "index", "shards": "shards"},
+        "bare": {"index": "index"},
+        "vectors": {"index": "vectors", "aesthetic_embeddings": "aesthetic", "safety_model": "safety.pt"},
+    }
     (root / "indices.json").write_text(json.dumps(spec))
     return root / "indices.json"
 
@@ -70,6 +75,32 @@ def planted_vectors() -> np.ndarray:
     for row in DUPLICATE_OF:
         vectors[row] = vectors[5] + 0.1 * rng.standard_normal(384)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+UNSAFE_ROW, AESTHETIC_ROW = 7, 12  # of the planted vectors: what the safety model flags, what rating 9 looks like
+
+
+def write_score_models(root: Path) -> None:
+    """For the planted vectors: an NSFW detector in clip-retrieval's layout that flags row 7's vector (and
+    nothing far from it), and aesthetic embeddings whose rating 9 is row 12's vector (the others zero)."""
+    import torch
+
+    flagged = torch.from_numpy(planted_vectors()[UNSAFE_ROW])
+    identity = {"weight": torch.eye(2), "bias": torch.zeros(2)}
+    layers = [
+        {"weight": torch.stack([flagged, -flagged]), "bias": torch.tensor([-0.5, 0.0])},  # then ReLU
+        identity,  # then ReLU
+        identity,
+        {"weight": torch.tensor([[10.0, 0.0]]), "bias": torch.zeros(1)},
+    ]
+    state = {
+        f"layers.{3 * i if i < 2 else 4 + i}.{name}": t for i, layer in enumerate(layers) for name, t in layer.items()
+    }
+    torch.save(state, root / "safety.pt")
+    (root / "aesthetic").mkdir()
+    for rating in range(10):
+        vector = planted_vectors()[AESTHETIC_ROW] if rating == 9 else np.zeros(384, np.float32)
+        np.save(root / "aesthetic" / f"rating{rating}.npy", vector)
 
 
 def build_vector_index(folder: Path, manifest: Path) -> None:
@@ -134,11 +165,6 @@ class Server:
     def stop(self):
         self.process.terminate()
         self.process.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def indices(tmp_path_factory):
-    return build_index_folder(tmp_path_factory.mktemp("served"))
 
 
 @pytest.fixture(scope="module")

@@ -12,33 +12,27 @@ import binascii
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from aiohttp import web
 
+from clipflow.embed.heads import RATINGS
 from clipflow.index.folder import MODALITIES, single_threaded_search
 from clipflow.serve.errors import RequestError
 from clipflow.serve.indices import ServedIndex, distinct, load_indices
+from clipflow.serve.limits import Limits
 from clipflow.serve.metrics import Metrics
 from clipflow.serve.remote import RemoteImages
 from clipflow.shards import DamagedShard
 
 log = logging.getLogger(__name__)
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
-UNSUPPORTED_OPTIONS = ("use_safety_model", "use_violence_detector", "use_mclip")
-
-
-@dataclass
-class Limits:
-    max_num_images: int = 1000
-    max_result_ids: int = 10000
-    max_body_bytes: int = 10 * 2**20
-    allow_private_urls: bool = False
-    image_url_timeout: float = 10
-    max_batch: int = 64
-    precision: str = "auto"
+# Options clip-retrieval's clients send by default. Where this server has no such model they are ignored, as
+# clip-retrieval's back end ignores them, and the response's IGNORED_HEADER names them.
+IGNORED_HEADER = "X-Clipflow-Ignored-Options"
+DEFAULT_AESTHETIC_WEIGHT = 0.5  # ClipClient's, for a score sent without a weight
 
 
 class Service:
@@ -47,6 +41,7 @@ class Service:
         self.started = time.time()
         self.monitor = Metrics(indices)
         self.remote = RemoteImages(limits.max_body_bytes, limits.allow_private_urls, limits.image_url_timeout)
+        self.ignored_logged: set[tuple[str, str]] = set()
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -59,7 +54,6 @@ class Service:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/images/{index}/{id:\\d+}.jpg", self.image)
-        app.router.add_route("OPTIONS", "/{path:.*}", self.preflight)
         app.on_cleanup.append(self._close)
         return app
 
@@ -71,20 +65,24 @@ class Service:
         endpoint = request.match_info.route.resource.canonical if request.match_info.route.resource else "unknown"
         started = time.perf_counter()
         try:
-            response = await handler(request)
+            # clip-retrieval's front end is often hosted elsewhere: browsers ask before posting across origins.
+            response = self._preflight() if request.method == "OPTIONS" else await handler(request)
         except RequestError as error:
             response = web.json_response({"error": error.message, "field": error.field}, status=error.status)
         except web.HTTPRequestEntityTooLarge:
             message = f"request body over the {self.limits.max_body_bytes} byte limit"
             response = web.json_response({"error": message, "field": "body"}, status=413)
+        except web.HTTPMethodNotAllowed as error:
+            message = f"{request.method} is not allowed here; use {', '.join(sorted(error.allowed_methods))}"
+            response = web.json_response({"error": message, "field": None}, status=405)
         except web.HTTPException as error:
             response = web.json_response({"error": error.reason, "field": None}, status=error.status)
         except Exception:
             log.exception("error answering %s", request.path)
             response = web.json_response({"error": "internal error, see the server log", "field": None}, status=500)
         self.monitor.observe(endpoint, response.status, time.perf_counter() - started)
-        # clip-retrieval's front end is often hosted elsewhere and calls the API across origins.
         response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Access-Control-Expose-Headers"] = IGNORED_HEADER
         return response
 
     async def _json(self, request) -> dict:
@@ -92,6 +90,8 @@ class Service:
             body = await request.json(loads=json.loads)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise RequestError("body", f"malformed JSON: {error}") from None
+        except RecursionError:
+            raise RequestError("body", "JSON nested too deeply") from None
         if not isinstance(body, dict):
             raise RequestError("body", "the body must be a JSON object")
         return body
@@ -100,6 +100,8 @@ class Service:
         name = body.get("indice_name")
         if name is None:
             return next(iter(self.indices.values()))
+        if not isinstance(name, str):
+            raise RequestError("indice_name", f"indice_name must be a string or null, not {type(name).__name__}")
         if name not in self.indices:
             raise RequestError("indice_name", f"unknown index {name!r}; known: {sorted(self.indices)}", status=404)
         return self.indices[name]
@@ -114,7 +116,8 @@ class Service:
 
     # --- endpoints --------------------------------------------------------------------------
 
-    async def preflight(self, request):
+    @staticmethod
+    def _preflight() -> web.Response:
         headers = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS", "Access-Control-Allow-Headers": "Content-Type"}
         return web.Response(status=204, headers=headers)
 
@@ -154,41 +157,73 @@ class Service:
             raise RequestError("ids", f"ids {bad[:10]} are not rows of index {served.name!r} (0 to {rows - 1})")
         if len(ids) > self.limits.max_result_ids:
             raise RequestError("ids", f"at most {self.limits.max_result_ids} ids per request")
-        metadata = served.index.rows(ids) if ids else []
+        metadata = self._rows(request, served, ids)
         return web.json_response([{"id": i, "metadata": m} for i, m in zip(ids, metadata)])
 
     async def knn_service(self, request):
         body = await self._json(request)
         served = self._index(body)
-        for option in UNSUPPORTED_OPTIONS:
-            if body.get(option):
-                raise RequestError(option, f"{option}: this server has no such model; send false or leave it out")
-        if body.get("aesthetic_score") not in (None, ""):
-            raise RequestError("aesthetic_score", 'aesthetic_score: this server has no aesthetic model; send ""')
         modality = body.get("modality", "image")
         if modality not in MODALITIES:
             raise RequestError("modality", f"modality must be one of {list(MODALITIES)}, not {modality!r}")
-        deduplicate = body.get("deduplicate", False)
-        if not isinstance(deduplicate, bool):
-            raise RequestError("deduplicate", "deduplicate must be true or false")
+        deduplicate, use_safety_model, use_violence_detector, use_mclip = (
+            _flag(body, option) for option in ("deduplicate", "use_safety_model", "use_violence_detector", "use_mclip")
+        )
+        aesthetic_score = _optional_number(body, "aesthetic_score", int, RATINGS.start, RATINGS.stop - 1)
+        aesthetic_weight = _optional_number(body, "aesthetic_weight", float, 0, 1)
         num_images = self._count(body, "num_images", 40, self.limits.max_num_images)
         num_result_ids = max(num_images, self._count(body, "num_result_ids", num_images, self.limits.max_result_ids))
+        ignored = [
+            option
+            for option, asked, model in (
+                ("use_safety_model", use_safety_model, served.safety),
+                ("use_violence_detector", use_violence_detector, None),
+                ("use_mclip", use_mclip, None),
+                ("aesthetic_score", aesthetic_score is not None, served.aesthetic_embeddings),
+            )
+            if asked and model is None
+        ]
+        self._log_ignored(served.name, ignored)
 
         vector = await self._query_vector(body, served)
+        if aesthetic_score is not None and served.aesthetic_embeddings is not None:
+            weight = DEFAULT_AESTHETIC_WEIGHT if aesthetic_weight is None else aesthetic_weight
+            vector = vector + weight * served.aesthetic_embeddings[aesthetic_score]
+            vector = (vector / np.linalg.norm(vector)).astype(np.float32)
+        drop_unsafe = use_safety_model and served.safety is not None
         searcher = served.searcher(modality, self.limits.max_batch)
-        # Deduplication drops some results: ask for more so that enough remain.
-        k = min(num_result_ids * (2 if deduplicate else 1), served.index.metadata.num_rows)
+        # Deduplication and the safety model drop some results: ask for more so that enough remain.
+        k = min(num_result_ids * (1 + deduplicate + drop_unsafe), served.index.metadata.num_rows)
         similarities, ids = await searcher.submit((vector, k))
         found = ids >= 0
         similarities, ids = similarities[found], ids[found]
         if deduplicate:
             keep = await asyncio.to_thread(distinct, served.index, modality, ids)
             similarities, ids = similarities[keep], ids[keep]
+        if drop_unsafe:
+            keep = await asyncio.to_thread(served.safe, ids)
+            similarities, ids = similarities[keep], ids[keep]
         similarities, ids = similarities[:num_result_ids], ids[:num_result_ids]
-        rows = served.index.rows(ids[:num_images]) if len(ids) else []
+        rows = self._rows(request, served, ids[:num_images])
         results = [{**row, "id": int(i), "similarity": float(s)} for row, i, s in zip(rows, ids, similarities)]
         results += [{"id": int(i), "similarity": float(s)} for i, s in zip(ids[num_images:], similarities[num_images:])]
-        return web.json_response(results)
+        return web.json_response(results, headers={IGNORED_HEADER: ", ".join(ignored)} if ignored else None)
+
+    def _rows(self, request, served: ServedIndex, ids) -> list[dict]:
+        """The metadata of `ids`, with `shard_url` (this server's address of the image in its shard) when the
+        index has shards: clip-retrieval's front end shows it with `--url_column shard_url`."""
+        rows = served.index.rows(ids) if len(ids) else []
+        if served.shards is not None:
+            base = f"{request.url.origin()}/images/{quote(served.name, safe='')}"
+            for row, i in zip(rows, ids):
+                row["shard_url"] = f"{base}/{int(i)}.jpg"
+        return rows
+
+    def _log_ignored(self, index: str, options: list[str]) -> None:
+        for option in options:
+            if (index, option) not in self.ignored_logged:
+                self.ignored_logged.add((index, option))
+                log.warning("index %r has no model for %s: ignored, as clip-retrieval ignores it", index, option)
 
     async def _query_vector(self, body: dict, served: ServedIndex) -> np.ndarray:
         encoder = served.encoder
@@ -224,8 +259,31 @@ class Service:
         raise RequestError("text", "no query: give one of text, image (base64), image_url or embedding_input")
 
 
+def _flag(body: dict, option: str) -> bool:
+    value = body.get(option)
+    if value is not None and not isinstance(value, bool):
+        raise RequestError(option, f"{option} must be true, false or null, not {value!r}")
+    return bool(value)
+
+
+def _optional_number(body: dict, option: str, kind: type, low: float, high: float):
+    """clip-retrieval's optional numbers: null or "" (unset), else a number or a numeric string in [low, high]
+    (an integer where `kind` is int)."""
+    value = body.get(option)
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high or (kind is int and not number.is_integer()):
+        wanted = "an integer" if kind is int else "a number"
+        raise RequestError(option, f'{option} must be {wanted} from {low} to {high} or "", not {value!r}')
+    return kind(number)
+
+
 def serve(indices_json: Path | str, host: str, port: int, limits: Limits) -> None:
     single_threaded_search()  # for the event loop's own faiss calls (dedup's reconstruct), as in searchers
-    service = Service(load_indices(indices_json, limits.max_batch, limits.precision), limits)
+    service = Service(load_indices(indices_json, limits), limits)
     log.info("serving %s on http://%s:%d", list(service.indices), host, port)
     web.run_app(service.app(), host=host, port=port, print=None, access_log=None)

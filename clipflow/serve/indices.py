@@ -1,4 +1,5 @@
-"""The served indices: each an index folder with its encoder, optional shards and batched searchers."""
+"""The served indices: each an index folder with its encoder, optional shards, optional aesthetic embeddings
+and safety model, and batched searchers."""
 
 import json
 from dataclasses import dataclass, field
@@ -6,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from clipflow.embed.heads import RATINGS, SAFETY, UNSAFE_ABOVE, Head, load_head, unsafe_probability
 from clipflow.errors import ClipflowError
 from clipflow.index.folder import MODALITIES, ClipIndex, single_threaded_search
 from clipflow.serve.batcher import MicroBatcher
-from clipflow.serve.encoders import Encoder
+from clipflow.serve.encoders import Encoder, ImageDecoder
+from clipflow.serve.limits import Limits
 from clipflow.shards import ShardReader
 
 DEDUPLICATE_COSINE = 0.94  # clip-retrieval's threshold for near-duplicate results
@@ -21,6 +24,8 @@ class ServedIndex:
     index: ClipIndex
     encoder: Encoder
     shards: ShardReader | None
+    aesthetic_embeddings: np.ndarray | None = None  # one row per rating, as clip-retrieval's rating{k}.npy
+    safety: Head | None = None
     searchers: dict = field(default_factory=dict)
 
     def searcher(self, modality: str, max_batch: int) -> MicroBatcher:
@@ -37,6 +42,10 @@ class ServedIndex:
             )
         return self.searchers[modality]
 
+    def safe(self, ids: np.ndarray) -> np.ndarray:
+        """Which results the safety model lets through, judged on their image embeddings."""
+        return unsafe_probability(self.safety, self.index.vectors("image", ids)) <= UNSAFE_ABOVE
+
     def image_bytes(self, row_id: int) -> bytes | None:
         if self.shards is None or not 0 <= row_id < self.index.metadata.num_rows:
             return None
@@ -46,9 +55,11 @@ class ServedIndex:
         return self.shards.image_bytes(row["shard"], row["key"])
 
 
-def load_indices(indices_json: Path | str, max_batch: int, precision: str) -> dict[str, ServedIndex]:
-    """indices.json: {"name": {"index": "results/index", "shards": "results/shards", "search_params": "nprobe=64"}};
-    paths relative to it; shards and search_params (faiss ParameterSpace syntax, as autofaiss's index_param) optional.
+def load_indices(indices_json: Path | str, limits: Limits) -> dict[str, ServedIndex]:
+    """indices.json: {"name": {"index": "results/index", "shards": "results/shards", ...}}, paths relative to it.
+    Optional keys: shards, search_params (faiss ParameterSpace syntax, as autofaiss's index_param),
+    aesthetic_embeddings (a folder of clip-retrieval's rating0.npy .. rating9.npy) and safety_model (the NSFW
+    detector's weights, see clipflow.embed.heads).
     """
     path = Path(indices_json)
     try:
@@ -57,12 +68,13 @@ def load_indices(indices_json: Path | str, max_batch: int, precision: str) -> di
         raise ClipflowError(f"{path}: cannot read the indices file: {error}") from error
     if not isinstance(spec, dict) or not spec:
         raise ClipflowError(f'{path}: expected {{"name": {{"index": FOLDER, "shards": FOLDER}}, ...}}')
+    decoder = ImageDecoder(limits)
     encoders: dict[bytes, Encoder] = {}
     served = {}
     for name, entry in spec.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("index"), str):
             raise ClipflowError(f'{path}: index {name!r} needs {{"index": FOLDER}} (and optionally "shards")')
-        unknown = set(entry) - {"index", "shards", "search_params"}
+        unknown = set(entry) - {"index", "shards", "search_params", "aesthetic_embeddings", "safety_model"}
         if unknown:
             raise ClipflowError(f"{path}: index {name!r} has unknown keys {sorted(unknown)}")
         index = ClipIndex(path.parent / entry["index"])
@@ -75,10 +87,43 @@ def load_indices(indices_json: Path | str, max_batch: int, precision: str) -> di
                 raise ClipflowError(f"{path}: index {name!r}: {error}") from None
         manifest = index.model_manifest.read_bytes()
         if manifest not in encoders:
-            encoders[manifest] = Encoder(index.model_manifest, max_batch, precision)
-        shards = ShardReader(path.parent / entry["shards"]) if entry.get("shards") else None
-        served[name] = ServedIndex(name, index, encoders[manifest], shards)
+            encoders[manifest] = Encoder(index.model_manifest, limits, decoder)
+        dim = encoders[manifest].dim
+        served[name] = ServedIndex(
+            name,
+            index,
+            encoders[manifest],
+            ShardReader(path.parent / entry["shards"]) if entry.get("shards") else None,
+            (
+                _rating_embeddings(path.parent / entry["aesthetic_embeddings"], dim)
+                if entry.get("aesthetic_embeddings")
+                else None
+            ),
+            _safety_model(path.parent / entry["safety_model"], dim) if entry.get("safety_model") else None,
+        )
     return served
+
+
+def _rating_embeddings(folder: Path, dim: int) -> np.ndarray:
+    """clip-retrieval's aesthetic embeddings: rating{k}.npy, one embedding each, for k = 0 .. 9."""
+    rows = []
+    for rating in RATINGS:
+        file = folder / f"rating{rating}.npy"
+        try:
+            vector = np.load(file).astype(np.float32).reshape(-1)
+        except (OSError, ValueError) as error:
+            raise ClipflowError(f"{file}: cannot read this aesthetic embedding: {error}") from None
+        if vector.shape != (dim,):
+            raise ClipflowError(f"{file}: {vector.size} values; the index's embeddings have {dim}")
+        rows.append(vector)
+    return np.stack(rows)
+
+
+def _safety_model(file: Path, dim: int) -> Head:
+    head = load_head(file, SAFETY)
+    if head.input_width != dim:
+        raise ClipflowError(f"{file}: the safety model reads {head.input_width}-d embeddings; the index's are {dim}-d")
+    return head
 
 
 def distinct(index: ClipIndex, modality: str, ids: np.ndarray) -> np.ndarray:

@@ -67,12 +67,21 @@ class RemoteImages:
                         continue
                     if response.status != 200:
                         raise RequestError("image_url", f"image_url answered HTTP {response.status}")
-                    data = await response.content.read(self.max_body_bytes + 1)
-                    if len(data) > self.max_body_bytes:
-                        raise RequestError("image_url", f"image_url is over {self.max_body_bytes} bytes")
-                    return data
+                    return await self._body(response)
             except RequestError:
                 raise
             except Exception as error:
                 raise RequestError("image_url", f"cannot fetch image_url: {type(error).__name__}: {error}") from None
         raise RequestError("image_url", "image_url redirects more than 5 times")
+
+    async def _body(self, response) -> bytes:
+        """The whole body (a single read returns only what has arrived), refused past the size limit."""
+        too_large = RequestError("image_url", f"the image at image_url is over {self.max_body_bytes:,} bytes", 413)
+        if (response.content_length or 0) > self.max_body_bytes:
+            raise too_large
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(2**16):
+            body += chunk
+            if len(body) > self.max_body_bytes:
+                raise too_large
+        return bytes(body)

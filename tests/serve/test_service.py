@@ -3,10 +3,13 @@
 import base64
 import json
 import shutil
+import struct
 import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -16,8 +19,18 @@ import pytest
 
 from clipflow.errors import ClipflowError
 from clipflow.serve.indices import load_indices
-from conftest import jpeg
-from served import CAPTIONS, DUPLICATE_OF, Server, image_of, indices, planted_vectors  # noqa: F401 - fixture
+from clipflow.serve.limits import Limits
+from conftest import jpeg, paced_jpeg
+from served import (  # noqa: F401 - indices is a fixture
+    AESTHETIC_ROW,
+    CAPTIONS,
+    DUPLICATE_OF,
+    UNSAFE_ROW,
+    Server,
+    image_of,
+    indices,
+    planted_vectors,
+)
 
 
 @pytest.fixture(scope="module")
@@ -159,10 +172,14 @@ def test_metrics_count_requests_and_batches(server):
         ({"image_url": "file:///etc/passwd"}, 400, "image_url"),
         ({"embedding_input": [0.1, 0.2]}, 400, "embedding_input"),
         ({"embedding_input": [0.0] * 384}, 400, "embedding_input"),
-        ({"text": "x", "use_safety_model": True}, 400, "use_safety_model"),
-        ({"text": "x", "use_violence_detector": True}, 400, "use_violence_detector"),
-        ({"text": "x", "use_mclip": True}, 400, "use_mclip"),
-        ({"text": "x", "aesthetic_score": 9, "aesthetic_weight": 0.5}, 400, "aesthetic_score"),
+        ({"text": "x", "indice_name": ["demo"]}, 400, "indice_name"),
+        ({"text": "x", "indice_name": {"name": "demo"}}, 400, "indice_name"),
+        ({"text": "x", "use_safety_model": "yes"}, 400, "use_safety_model"),
+        ({"text": "x", "use_violence_detector": 1}, 400, "use_violence_detector"),
+        ({"text": "x", "aesthetic_score": 12}, 400, "aesthetic_score"),
+        ({"text": "x", "aesthetic_score": "nine"}, 400, "aesthetic_score"),
+        ({"text": "x", "aesthetic_score": [9]}, 400, "aesthetic_score"),
+        ({"text": "x", "aesthetic_score": 9, "aesthetic_weight": "heavy"}, 400, "aesthetic_weight"),
     ],
 )
 def test_bad_queries_name_the_field(server, body, status, field):
@@ -186,20 +203,117 @@ def test_image_url_may_not_reach_private_addresses(server, url):
     assert (status, answer["field"]) == (400, "image_url") and "private" in answer["error"], answer
 
 
-def test_clip_client_defaults_are_refused_clearly(server):
-    """ClipClient's defaults ask for a safety model and aesthetic scoring, which this server does not have."""
+def test_clip_client_defaults_are_ignored_without_models(server):
+    """ClipClient's defaults ask for a safety model, a violence detector and aesthetic scoring: where an index
+    has none, they are ignored as clip-retrieval's back end ignores them, and a header says which."""
     body = {
-        "text": "x",
+        "text": CAPTIONS[4],
         "deduplicate": True,
         "use_safety_model": True,
         "use_violence_detector": True,
         "aesthetic_score": 9,
         "aesthetic_weight": 0.5,
-        "modality": "image",
+        "modality": "text",
         "num_images": 40,
+        "indice_name": "demo",
     }
-    status, answer = server.knn(**body)
-    assert status == 400 and "use_safety_model" in answer["error"]
+    request = urllib.request.Request(server.url + "/knn-service", data=json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=60) as response:
+        ignored = response.headers["X-Clipflow-Ignored-Options"]
+        results = json.loads(response.read())
+    assert ignored == "use_safety_model, use_violence_detector, aesthetic_score"
+    assert results[0]["id"] == 4
+    status, plain = server.knn(text=CAPTIONS[4], modality="text", num_images=40, deduplicate=True)
+    assert [r["id"] for r in plain] == [r["id"] for r in results]
+
+
+def test_safety_model_drops_what_it_flags(server):
+    """The vectors index has an NSFW detector that flags row 7: use_safety_model removes it, and only it."""
+    query = planted_vectors()[UNSAFE_ROW].tolist()
+    _, plain = server.knn(embedding_input=query, num_images=26, indice_name="vectors")
+    _, safe = server.knn(embedding_input=query, num_images=26, indice_name="vectors", use_safety_model=True)
+    assert plain[0]["id"] == UNSAFE_ROW and len(plain) == 26
+    assert [r["id"] for r in safe] == [r["id"] for r in plain if r["id"] != UNSAFE_ROW]
+
+
+def test_aesthetic_score_steers_the_query(server):
+    """As clip-retrieval: the query plus aesthetic_weight times the asked rating's embedding, renormalized.
+    Rating 9's embedding is row 12's vector, rating 3's is zero (no change)."""
+    vectors = planted_vectors()
+    query = vectors[3].tolist()
+    _, plain = server.knn(embedding_input=query, num_images=3, indice_name="vectors")
+    _, unchanged = server.knn(embedding_input=query, num_images=3, indice_name="vectors", aesthetic_score=3)
+    _, steered = server.knn(
+        embedding_input=query, num_images=3, indice_name="vectors", aesthetic_score="9", aesthetic_weight=1
+    )
+    assert plain[0]["id"] == 3 and plain[1]["id"] != AESTHETIC_ROW
+    assert [r["id"] for r in unchanged] == [r["id"] for r in plain]
+    assert {r["id"] for r in steered[:2]} == {3, AESTHETIC_ROW}
+    expected = (vectors[3] + vectors[AESTHETIC_ROW]) / np.linalg.norm(vectors[3] + vectors[AESTHETIC_ROW])
+    assert steered[0]["similarity"] == pytest.approx(float(expected @ vectors[3]), abs=2e-3)
+
+
+def test_results_carry_their_shard_image_address(server):
+    """clip-retrieval's front end shows each result's `url` column, or another named by `--url_column`:
+    shard_url serves the image out of its shard even where the original URL is dead."""
+    _, results = server.knn(text=CAPTIONS[9], modality="text", num_images=2, num_result_ids=5, indice_name="demo")
+    assert results[0]["shard_url"] == f"{server.url}/images/demo/9.jpg"
+    assert server.request(results[0]["shard_url"].removeprefix(server.url)) == (200, image_of(9))
+    status, metadata = server.request("/metadata", {"ids": [results[4]["id"]], "indice_name": "demo"})
+    assert metadata[0]["metadata"]["shard_url"] == f"{server.url}/images/demo/{results[4]['id']}.jpg"
+    _, bare = server.knn(text=CAPTIONS[9], modality="text", num_images=1, indice_name="bare")
+    assert "shard_url" not in bare[0]
+
+
+def test_unknown_paths_and_methods(server):
+    for path in ("/favicon.ico", "/nope", "/images/demo/x.jpg"):
+        status, answer = server.request(path)
+        assert status == 404 and answer["error"], path
+    assert server.request("/nope", {"text": "x"})[0] == 404
+    status, answer = server.request("/knn-service")
+    assert status == 405 and "POST" in answer["error"]
+    request = urllib.request.Request(server.url + "/knn-service", method="OPTIONS")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 204 and "POST" in response.headers["Access-Control-Allow-Methods"]
+
+
+def test_long_text_is_cut_before_tokenizing(server):
+    """A 900 KB text (a 9 MB one took 10 s to tokenize, holding up every other text query) gets the results
+    of its first 10,000 characters: CLIP reads no further anyway."""
+    text = CAPTIONS[6] + " " + "word " * 180_000
+    status, results = server.knn(text=text, modality="text", num_images=3)
+    assert status == 200
+    assert results == server.knn(text=text[:10_000], modality="text", num_images=3)[1]
+
+
+def test_image_pixel_limit(server):
+    """A PNG's header claims 13000x13000 pixels (~500 MB decoded): refused before decoding."""
+    header = struct.pack(">IIBBBBB", 13000, 13000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(header)) + b"IHDR" + header + struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    png = b"\x89PNG\r\n\x1a\n" + chunk + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    status, answer = server.knn(image=base64.b64encode(png).decode())
+    assert (status, answer["field"]) == (413, "image") and "13000x13000" in answer["error"]
+    cut = jpeg(seed=1)[: len(jpeg(seed=1)) * 6 // 10]
+    status, answer = server.knn(image=base64.b64encode(cut).decode())
+    assert (status, answer["field"]) == (400, "image") and "damaged" in answer["error"]
+
+
+def test_deeply_nested_json_is_a_400(server):
+    status, answer = server.request("/knn-service", raw=b"[" * 100_000 + b"]" * 100_000)
+    assert (status, answer["field"]) == (400, "body") and "nested" in answer["error"]
+    status, answer = server.request("/knn-service", {"text": "x", "indice_name": [[[[["demo"]]]]]})
+    assert (status, answer["field"]) == (400, "indice_name")
+
+
+def test_concurrent_first_image_requests(indices):
+    """On a fresh server, every image of a burst of concurrent first requests is served."""
+    server = Server(indices)
+    try:
+        with ThreadPoolExecutor(26) as pool:
+            answers = list(pool.map(lambda i: server.request(f"/images/demo/{i}.jpg"), [*range(26)] * 4))
+        assert answers == [(200, image_of(i)) for i in [*range(26)] * 4]
+    finally:
+        server.stop()
 
 
 def test_malformed_bodies(server):
@@ -227,6 +341,12 @@ def test_image_url_queries(indices, image_server):
         assert (status, answer["field"]) == (400, "image_url") and "404" in answer["error"]
         status, answer = server.knn(image_url=f"{image_server}/page.jpg")
         assert (status, answer["field"]) == (400, "image_url")
+        # A 450 KB image arriving in pieces is read whole: the same results as the image sent inline.
+        status, paced = server.knn(image_url=f"{image_server}/paced.jpg", num_images=3)
+        assert status == 200 and paced == server.knn(image=base64.b64encode(paced_jpeg()).decode(), num_images=3)[1]
+        for name in ("oversized.jpg", "oversized-unannounced.jpg"):  # 3 MB, the limit here 1 MB
+            status, answer = server.knn(image_url=f"{image_server}/{name}")
+            assert (status, answer["field"]) == (413, "image_url") and "over 1,048,576 bytes" in answer["error"]
     finally:
         server.stop()
 
@@ -243,8 +363,8 @@ def test_search_params_tune_an_approximate_index(indices, tmp_path):
         faiss.write_index(ivf, str(folder / f"{modality}.index"))
     spec = tmp_path / "indices.json"
     spec.write_text(json.dumps({"ivf": {"index": "ivf", "search_params": "nprobe=3"}}))
-    served = load_indices(spec, max_batch=64, precision="auto")
+    served = load_indices(spec, Limits())
     assert faiss.extract_index_ivf(served["ivf"].index.index("image")).nprobe == 3
     spec.write_text(json.dumps({"ivf": {"index": "ivf", "search_params": "nprobes=3"}}))
     with pytest.raises(ClipflowError, match="index 'ivf': search_params 'nprobes=3'"):
-        load_indices(spec, max_batch=64, precision="auto")
+        load_indices(spec, Limits())

@@ -63,6 +63,8 @@ def validate_config(config: dict) -> dict:
 
 
 def check_across_keys(config: dict) -> None:
+    from clipflow.curate.filters import make_filter
+
     per_download, per_embed = (config[step]["shards_per_job"] for step in ("download", "embed"))
     if per_embed % per_download:
         raise ClipflowError(
@@ -70,6 +72,13 @@ def check_across_keys(config: dict) -> None:
             f"({per_download}): an embedding job takes whole download batches"
         )
     filters = config["curate"]["filters"]
+    for name, options in filters.items():
+        needs = make_filter(options).score_model
+        if needs and not config["curate"]["scores"][needs]:
+            raise ClipflowError(
+                f"curate.filters.{name} ({options['kind']}) reads a score that no head computes: "
+                f"set curate.scores.{needs} to the model's weight file"
+            )
     for subset, spec in config["curate"]["subsets"].items():
         unknown = [name for name in spec["filters"] if name not in filters]
         if unknown:

@@ -5,6 +5,7 @@ from snakemake.exceptions import WorkflowError
 from clipflow.config import output_settings, validate_config
 from clipflow.curate.filters import make_filter
 from clipflow.embed import SHARD_FILES
+from clipflow.embed.heads import RATINGS
 from clipflow.errors import ClipflowError
 from clipflow.shards import SUFFIXES
 from clipflow.workflow import consecutive, reopen_incomplete, workflow_plan
@@ -16,6 +17,7 @@ EMBEDDINGS_DIR = "results/embeddings"
 INDEX_DIR = "results/index"
 MODEL_MANIFEST = "results/model.json"
 CURATE_DIR = "results/curate"
+AESTHETIC_DIR = f"{CURATE_DIR}/aesthetic_embeddings"
 SUBSETS_DIR = f"{CURATE_DIR}/subsets"
 BENCHMARKS_DIR = "benchmarks"
 
@@ -118,6 +120,12 @@ def filter_embeddings(wildcards):
     return shard_embeddings(modality) if modality else []
 
 
+def score_models(wildcards):
+    """The configured score heads' weight files, named by their curate.scores key: inputs of the pool, so
+    that new weights rescore it."""
+    return {key: path for key, path in config["curate"]["scores"].items() if path}
+
+
 def subset_filter_outputs(wildcards, extension):
     names = config["curate"]["subsets"][wildcards.subset]["filters"]
     return expand(f"{CURATE_DIR}/filters/{{name}}.{extension}", name=names)
@@ -144,8 +152,15 @@ def curation_outputs():
         subset=config["curate"]["subsets"],
         name=["uids.npy", "kept.parquet", "summary.json"],
     )
-    return files + expand(
-        f"{SUBSETS_DIR}/{{subset}}/shards/reshard.json", subset=resharded_subsets()
+    aesthetic = (
+        expand(f"{AESTHETIC_DIR}/rating{{rating}}.npy", rating=RATINGS)
+        if config["curate"]["scores"]["aesthetic_model"]
+        else []
+    )
+    return (
+        files
+        + expand(f"{SUBSETS_DIR}/{{subset}}/shards/reshard.json", subset=resharded_subsets())
+        + aesthetic
     )
 
 

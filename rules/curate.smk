@@ -1,5 +1,6 @@
 rule curate_pool:
     input:
+        unpack(score_models),
         chunks=all_chunk_records(),
         batches=all_batch_records(),
     output:
@@ -18,6 +19,26 @@ rule curate_pool:
         parquets=expand(f"{SHARDS_DIR}/{{shard}}.parquet", shard=PLAN.shards),
     script:
         "../scripts/curate_pool.py"
+
+
+# clip-retrieval's aesthetic embeddings (rating0..9.npy) from this pool, for the service's aesthetic_score.
+rule aesthetic_embeddings:
+    input:
+        pool=f"{CURATE_DIR}/pool.parquet",
+        chunks=all_chunk_records(),
+    output:
+        ratings=expand(f"{AESTHETIC_DIR}/rating{{rating}}.npy", rating=RATINGS),
+    log:
+        "logs/curate/aesthetic_embeddings.log",
+    conda:
+        "../envs/curate.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: config["curate"]["mem_mb"] * attempt,
+    params:
+        image=shard_embeddings("image"),
+    script:
+        "../scripts/aesthetic_embeddings.py"
 
 
 rule curate_filter:

@@ -6,8 +6,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import webdataset as wds
 
+from clipflow.config import validate_config
 from clipflow.curate.filters.basic import basic_filter
 from clipflow.curate.filters.clip_score import clip_score_filter
 from clipflow.curate.filters.text_based import read_vocabulary, text_based_filter
@@ -226,6 +228,7 @@ WORKFLOW_ROWS = [
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory, image_server):
     workdir = tmp_path_factory.mktemp("curation")
+    write_score_heads(workdir)
     lines = ["url,caption"] + [f'{image_server}{p},"{c}"' for p, c, *_ in WORKFLOW_ROWS]
     (workdir / "metadata.csv").write_text("\n".join(lines) + "\n")
     config = {
@@ -239,9 +242,13 @@ def curated(tmp_path_factory, image_server):
                 "basic": {"kind": "basic"},
                 "dogs_and_foxes": {"kind": "text_based", "vocabulary": ["fox", "golden retriever"]},
                 "near_duplicates": {"kind": "semantic_dedup", "threshold": 0.999},
+                "pretty": {"kind": "aesthetic", "min_score": 4.7},
+                "safe": {"kind": "unsafe"},
             },
+            "scores": {"aesthetic_model": "aesthetic.pth", "safety_model": "nsfw.pth"},
             "subsets": {
                 "basic_dedup": {"filters": ["basic", "near_duplicates"], "reshard": True},
+                "pretty_safe": {"filters": ["pretty", "safe"]},
                 "all": {"filters": ["clip_top_half", "basic", "dogs_and_foxes", "near_duplicates"]},
             },
             "reshard": {"samples_per_shard": 2, "processes": 2},
@@ -250,6 +257,28 @@ def curated(tmp_path_factory, image_server):
     write_config(workdir, config)
     run_snakemake(workdir, "--cores", "2")
     return workdir
+
+
+def score_head_modules():
+    """An aesthetic predictor (one linear layer, as LAION's first) and an NSFW detector in clip-retrieval's
+    layout, with random weights, for ViT-S-32's 384-d embeddings; scaled so that both filters keep some rows."""
+    torch.manual_seed(0)
+    aesthetic = torch.nn.Linear(384, 1)
+    with torch.no_grad():
+        aesthetic.weight.mul_(40)
+        aesthetic.bias.fill_(5)
+    detector = torch.nn.Module()
+    detector.layers = torch.nn.Sequential(
+        torch.nn.Linear(384, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 8), torch.nn.ReLU(),
+        torch.nn.Dropout(0.2), torch.nn.Linear(8, 4), torch.nn.Linear(4, 1),
+    )  # fmt: skip
+    return aesthetic.eval(), detector.eval()
+
+
+def write_score_heads(workdir) -> None:
+    aesthetic, detector = score_head_modules()
+    torch.save(aesthetic.state_dict(), workdir / "aesthetic.pth")
+    torch.save(detector.state_dict(), workdir / "nsfw.pth")
 
 
 def pool_rows(workdir) -> pd.DataFrame:
@@ -282,6 +311,45 @@ def test_workflow_filters_give_the_known_answers(curated):
         pool["clip_score"][filters["clip_top_half"]["keep"]].min()
         >= pool["clip_score"][~filters["clip_top_half"]["keep"]].max()
     )
+
+
+def test_workflow_scores_aesthetics_and_safety(curated):
+    """The pool's aesthetic_score and punsafe are the heads' outputs (computed here by torch), the two filters
+    cut at them, and the rating embeddings are the mean image embedding of each rating's images."""
+    pool = pool_rows(curated)
+    image = np.concatenate([np.load(p) for p in sorted((curated / "results/embeddings/image").glob("*.npy"))])
+    aesthetic, detector = score_head_modules()
+    with torch.no_grad():
+        normalized = torch.nn.functional.normalize(torch.from_numpy(image.astype(np.float32)), dim=1)
+        aesthetic_scores = aesthetic(normalized)[:, 0].numpy()
+        punsafe = detector.layers(normalized)[:, 0].numpy().clip(0, 1)
+    assert np.allclose(pool["aesthetic_score"], aesthetic_scores, atol=1e-4)
+    assert np.allclose(pool["punsafe"], punsafe, atol=1e-5)
+    pretty = pd.read_parquet(curated / "results/curate/filters/pretty.parquet")["keep"].to_numpy()
+    safe = pd.read_parquet(curated / "results/curate/filters/safe.parquet")["keep"].to_numpy()
+    assert np.array_equal(pretty, aesthetic_scores >= 4.7) and 0 < pretty.sum() < len(pool)
+    assert np.array_equal(safe, punsafe <= 0.5)
+    kept = pd.read_parquet(curated / "results/curate/subsets/pretty_safe/kept.parquet")
+    assert sorted(kept["uid"]) == sorted(pool["uid"][pretty & safe])
+
+    ratings = np.clip(np.rint(aesthetic_scores), 0, 9)
+    folder = curated / "results/curate/aesthetic_embeddings"
+    for rating in np.unique(ratings).astype(int):
+        mean = image[ratings == rating].astype(np.float64).mean(axis=0)
+        assert np.allclose(np.load(folder / f"rating{rating}.npy"), mean / np.linalg.norm(mean), atol=1e-3)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"rating{k}.npy" for k in range(10))
+
+
+def test_filter_of_a_score_no_head_computes_is_refused(tmp_path):
+    config = {
+        "input": {"paths": ["metadata.csv"]},
+        "curate": {
+            "filters": {"pretty": {"kind": "aesthetic", "min_score": 5}},
+            "subsets": {"s": {"filters": ["pretty"]}},
+        },
+    }
+    with pytest.raises(ClipflowError, match=r"curate.filters.pretty \(aesthetic\).*set curate.scores.aesthetic_model"):
+        validate_config(config)
 
 
 def test_workflow_subset_file_kept_rows_and_summary(curated):

@@ -86,7 +86,9 @@ def test_plan_command(tmp_path):
 def test_each_filter_kind_brings_its_options_into_the_schema():
     entry = schema()["properties"]["curate"]["properties"]["filters"]["additionalProperties"]
     assert (
-        entry["properties"]["kind"]["enum"] == sorted(KINDS) == ["basic", "clip_score", "semantic_dedup", "text_based"]
+        entry["properties"]["kind"]["enum"]
+        == sorted(KINDS)
+        == ["aesthetic", "basic", "clip_score", "semantic_dedup", "text_based", "unsafe"]
     )
     basic = next(rule["then"] for rule in entry["allOf"] if rule["if"]["properties"]["kind"]["const"] == "basic")
     assert basic["properties"]["min_side"]["default"] == 200

@@ -24,6 +24,7 @@ class Filter:
     description: str = ""
     options_schema: dict = {}  # JSON schema of the options besides `kind`, with their defaults
     required: tuple[str, ...] = ()
+    score_model: str | None = None  # the curate.scores head whose pool column the filter reads, if any
 
     def __init__(self, options: dict):
         self.options = options

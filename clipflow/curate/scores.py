@@ -1,0 +1,51 @@
+"""Score heads over the pool's image embeddings (clipflow.embed.heads), and the per-rating aesthetic embeddings
+that clip-retrieval's back end adds to a query for `aesthetic_score`.
+
+Both stream the pool shard by shard: one job holds one shard's embeddings and the heads' weights, at any pool
+size; the rating embeddings are ten running sums.
+"""
+
+import numpy as np
+
+from clipflow.embed.heads import AESTHETIC, RATINGS, SAFETY, load_head, unsafe_probability
+
+SCORE_COLUMNS = {"aesthetic_model": "aesthetic_score", "safety_model": "punsafe"}  # curate.scores key -> column
+
+
+def head_scores(models: dict, image_paths) -> dict[str, np.ndarray]:
+    """The pool's score columns for the configured heads ({"aesthetic_model": path, "safety_model": path},
+    unset ones None), in pool order."""
+    heads = {
+        SCORE_COLUMNS[key]: load_head(path, AESTHETIC if key == "aesthetic_model" else SAFETY)
+        for key, path in models.items()
+        if path
+    }
+    scores: dict[str, list] = {column: [] for column in heads}
+    for path in image_paths:
+        embeddings = np.load(path, mmap_mode="r")
+        for column, head in heads.items():
+            score = unsafe_probability(head, embeddings) if column == "punsafe" else head(embeddings)
+            scores[column].append(score.astype(np.float32))
+    return {column: np.concatenate(parts) if parts else np.empty(0, np.float32) for column, parts in scores.items()}
+
+
+def rating_embeddings(aesthetic_scores: np.ndarray, image_paths) -> np.ndarray:
+    """One embedding per rating 0..9: the mean (renormalized) image embedding of the pool's images whose
+    aesthetic score rounds to it, as LAION's rating{k}.npy are means over images rated k. A rating no image
+    has takes the nearest rating's embedding."""
+    ratings = np.clip(np.rint(aesthetic_scores), RATINGS.start, RATINGS.stop - 1).astype(np.int64)
+    sums, counts, start = None, np.zeros(len(RATINGS), np.int64), 0
+    for path in image_paths:
+        embeddings = np.load(path, mmap_mode="r").astype(np.float32)
+        part = ratings[start : start + len(embeddings)]
+        start += len(embeddings)
+        if sums is None:
+            sums = np.zeros((len(RATINGS), embeddings.shape[1]), np.float64)
+        np.add.at(sums, part, embeddings)
+        counts += np.bincount(part, minlength=len(RATINGS))
+    if sums is None or not counts.any():
+        raise ValueError("no embedded images to compute the aesthetic embeddings from")
+    rated = np.flatnonzero(counts)
+    nearest = rated[np.abs(np.arange(len(RATINGS))[:, None] - rated[None, :]).argmin(axis=1)]
+    means = sums[nearest] / counts[nearest, None]
+    return (means / np.linalg.norm(means, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)

@@ -1,5 +1,5 @@
-"""A real index folder as the workflow builds it, and a running `clipflow serve` over it, for the serve and
-search tests."""
+"""A real index folder as the workflow builds it, a running `clipflow serve` over it, and a real browser, for
+the serve and search tests."""
 
 import json
 import shutil
@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from playwright.sync_api import sync_playwright
 
 from clipflow.embed import shard_outputs
 from clipflow.embed.embedder import embed_chunk
 from clipflow.embed.model import fetch_model
 from clipflow.index.builder import build_index
 from clipflow.index.folder import write_metadata
-from conftest import free_port, jpeg, write_shard
+from conftest import REPO, free_port, jpeg, write_shard
 
 CAPTIONS = [f"picture number {i} of a {color} thing" for i, color in enumerate(["red", "green", "blue"] * 8)]
 DUPLICATE_OF = {24: 5, 25: 5}  # rows 24 and 25 hold row 5's image again
@@ -170,3 +171,13 @@ class Server:
 @pytest.fixture(scope="module")
 def indices(tmp_path_factory):
     return build_index_folder(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if shutil.which("chromium") is None:
+        subprocess.run(["bash", str(REPO / "tests/browser/install.sh")], check=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        yield browser
+        browser.close()

@@ -75,6 +75,9 @@ class Service:
         except web.HTTPMethodNotAllowed as error:
             message = f"{request.method} is not allowed here; use {', '.join(sorted(error.allowed_methods))}"
             response = web.json_response({"error": message, "field": None}, status=405)
+        except web.HTTPNotFound as error:
+            message = error.reason if error.reason != "Not Found" else f"no such path: {request.path}"
+            response = web.json_response({"error": message, "field": None}, status=404)
         except web.HTTPException as error:
             response = web.json_response({"error": error.reason, "field": None}, status=error.status)
         except Exception:

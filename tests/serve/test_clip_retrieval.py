@@ -5,16 +5,13 @@ import functools
 import http.server
 import importlib.util
 import json
-import shutil
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from conftest import REPO
-from served import CAPTIONS, UNSAFE_ROW, Server, image_of, indices, planted_vectors  # noqa: F401 - fixture
+from served import CAPTIONS, UNSAFE_ROW, Server, browser, image_of, indices, planted_vectors  # noqa: F401 - fixtures
 
 
 def clip_retrieval_files() -> Path:
@@ -90,16 +87,6 @@ def front_end(server):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if shutil.which("chromium") is None:
-        subprocess.run(["bash", str(REPO / "tests/browser/install.sh")], check=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 def test_front_end_with_its_defaults_shows_the_images(browser, front_end, server):

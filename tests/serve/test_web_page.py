@@ -1,27 +1,12 @@
 """The search page in a real browser (Debian's Chromium driven by Playwright): query, see results, page
 through them, and a screenshot inspected for broken images."""
 
-import io
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from conftest import REPO
-from served import CAPTIONS, Server, image_of, indices  # noqa: F401 - the index fixture
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if shutil.which("chromium") is None:
-        subprocess.run(["bash", str(REPO / "tests/browser/install.sh")], check=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
-        yield browser
-        browser.close()
+from served import CAPTIONS, Server, browser, image_of, indices  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -138,7 +139,10 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "clipflow.cli", "serve", "--indices", str(indices), "--port", str(self.port)]
-        self.process = subprocess.Popen([*command, "--max-num-images", "50", "--max-body-mb", "1", *options])
+        self.log = tempfile.NamedTemporaryFile(prefix="clipflow-serve-", suffix=".log")  # the server's log lines
+        self.process = subprocess.Popen(
+            [*command, "--max-num-images", "50", "--max-body-mb", "1", *options], stderr=self.log
+        )
         deadline = time.monotonic() + 120
         while True:
             assert self.process.poll() is None, "the server exited"
@@ -163,9 +167,13 @@ class Server:
     def knn(self, **body):
         return self.request("/knn-service", body)
 
+    def log_text(self) -> str:
+        return Path(self.log.name).read_text()
+
     def stop(self):
         self.process.terminate()
         self.process.wait(timeout=10)
+        self.log.close()
 
 
 @pytest.fixture(scope="module")

@@ -223,6 +223,10 @@ def test_clip_client_defaults_are_ignored_without_models(server):
         results = json.loads(response.read())
     assert ignored == "use_safety_model, use_violence_detector, aesthetic_score"
     assert results[0]["id"] == 4
+    urllib.request.urlopen(urllib.request.Request(server.url + "/knn-service", data=json.dumps(body).encode()))
+    log = server.log_text()
+    for option in ("use_safety_model", "use_violence_detector", "aesthetic_score"):  # logged once, not per query
+        assert log.count(f"index 'demo' has no model for {option}: ignored") == 1, log
     status, plain = server.knn(text=CAPTIONS[4], modality="text", num_images=40, deduplicate=True)
     assert [r["id"] for r in plain] == [r["id"] for r in results]
 

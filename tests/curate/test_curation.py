@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -383,3 +384,16 @@ def test_workflow_report_shows_the_curation(curated):
     run_snakemake(curated, "--report", "report.html")
     html = (curated / "report.html").read_text()
     assert "Curation" in html and "basic_dedup" in html
+
+
+def test_new_head_weights_rescore_the_pool(curated):
+    """Last in this module: it leaves the run with other weights. They are inputs of the pool (touching the file
+    alone reruns nothing: Snakemake compares the checksum it recorded)."""
+    os.utime(curated / "aesthetic.pth")
+    assert "Nothing to be done" in run_snakemake(curated, "--dry-run").stdout
+    head = torch.nn.Linear(384, 1)
+    torch.save(head.state_dict(), curated / "aesthetic.pth")
+    result = run_snakemake(curated, "--dry-run")
+    jobs = result.stdout + result.stderr
+    assert "curate_pool" in jobs and "aesthetic_embeddings" in jobs and "curate_filter" in jobs
+    assert "embed_chunk" not in jobs and "download_batch" not in jobs

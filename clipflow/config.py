@@ -62,9 +62,30 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+# Columns that img2dataset writes into each sample itself; it refuses them as additional columns.
+DOWNLOAD_COLUMNS = (
+    "key", "caption", "url", "width", "height", "original_width", "original_height",
+    "status", "error_message", "exif", "md5", "sha256", "sha512",
+)  # fmt: skip
+
+
 def check_across_keys(config: dict) -> None:
     from clipflow.curate.filters import make_filter
 
+    keep_cols = config["input"]["keep_cols"]
+    reserved = [column for column in keep_cols if column in DOWNLOAD_COLUMNS]
+    if reserved:
+        raise ClipflowError(
+            f"input.keep_cols: {reserved} are written by the download itself (img2dataset reserves "
+            f"{', '.join(DOWNLOAD_COLUMNS)}): remove them from keep_cols; the shards' parquet holds each image's "
+            "own original size and sha256"
+        )
+    bbox_col = config["download"]["bbox_col"]
+    if bbox_col and bbox_col not in keep_cols:
+        raise ClipflowError(
+            f"download.bbox_col ({bbox_col!r}) must be one of input.keep_cols ({keep_cols}): the boxes travel "
+            "with each row to the download, and into the samples' json, as with img2dataset"
+        )
     per_download, per_embed = (config[step]["shards_per_job"] for step in ("download", "embed"))
     if per_embed % per_download:
         raise ClipflowError(

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 # img2dataset imports albumentations, which otherwise asks PyPI for a newer version at every import.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+from img2dataset.blurrer import BoundingBoxBlurrer  # noqa: E402
 from img2dataset.downloader import Downloader  # noqa: E402
 from img2dataset.resizer import Resizer  # noqa: E402
 from img2dataset.writer import WebDatasetSampleWriter  # noqa: E402
@@ -39,9 +40,10 @@ def fetch_shard(plan_shard: Path, staging: Path, options: dict, kept_columns: li
     resizer = Resizer(
         image_size=options["image_size"],
         resize_mode=options["resize_mode"],
-        resize_only_if_bigger=False,
+        resize_only_if_bigger=options["resize_only_if_bigger"],
         encode_quality=options["encode_quality"],
         encode_format="jpg",
+        blurrer=BoundingBoxBlurrer() if options["bbox_col"] else None,
     )
     downloader = Downloader(
         sample_writer_class=WebDatasetSampleWriter,
@@ -61,6 +63,7 @@ def fetch_shard(plan_shard: Path, staging: Path, options: dict, kept_columns: li
         retries=options["retries"],
         user_agent_token=options["user_agent_token"],
         disallowed_header_directives=options["disallowed_header_directives"] or None,
+        blurring_bbox_col=options["bbox_col"],
     )
     with _output_kept():
         downloader.download_shard((int(shard), str(arrow_input)))

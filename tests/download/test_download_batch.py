@@ -1,9 +1,11 @@
 """A download batch: a failing shard does not stop the others, and the rerun downloads only what is missing."""
 
+import io
 import json
 import os
 import tarfile
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -90,3 +92,45 @@ def test_a_damaged_shard_is_found_by_verify_and_downloaded_again_alone(tmp_path,
         ShardReader(shards).sample("00000001", "anything")
     download_batch(plan_shards, shards, options, [], record, threads=4)
     assert [s["downloaded_now"] for s in json.loads(record.read_text())["shards"]] == [False, True, False]
+
+
+def test_face_boxes_are_blurred_and_small_images_kept_as_datacomp_downloads(tmp_path, image_server):
+    """DataComp's download settings: boxes from the metadata are blurred (img2dataset's blurrer), and with
+    resize_only_if_bigger an image smaller than image_size keeps its size."""
+    plan = tmp_path / "plan"
+    plan.mkdir()
+    boxes = [[[0.0, 0.0, 0.5, 0.5]], []]  # the same image: blurred top-left quarter, and untouched
+    frame = pd.DataFrame(
+        {
+            "url": [f"{image_server}/good/3.jpg"] * 2,
+            "caption": ["a face", "no face"],
+            "uid": [f"{n:032x}" for n in range(2)],
+            "face_bboxes": boxes,
+        }
+    )
+    frame.to_parquet(plan / "00000000.parquet")
+    (tmp_path / "config.yaml").write_text(
+        "input: {paths: [unused.parquet], keep_cols: [face_bboxes]}\n"
+        "download: {image_size: 512, resize_mode: keep_ratio_largest, resize_only_if_bigger: true, "
+        "bbox_col: face_bboxes}\n"
+    )
+    options = output_settings(load_config(tmp_path / "config.yaml"), "download")
+    shards = tmp_path / "shards"
+    download_batch([plan / "00000000.parquet"], shards, options, ["face_bboxes"], tmp_path / "r.json", threads=2)
+
+    images = {}
+    with tarfile.open(shards / "00000000.tar") as tar:
+        for member in tar.getmembers():
+            if member.name.endswith(".json"):
+                sample = json.loads(tar.extractfile(member).read())
+                jpg = tar.extractfile(member.name.replace(".json", ".jpg")).read()
+                images[sample["caption"]] = (np.asarray(Image.open(io.BytesIO(jpg)).convert("L"), float), sample)
+    blurred, sample = images["a face"]
+    plain, _ = images["no face"]
+    assert blurred.shape == plain.shape == (240, 320)  # smaller than 512: kept at its size
+    assert sample["face_bboxes"] == boxes[0]
+    quarter = (slice(0, 120), slice(0, 160))
+    sharpness = lambda pixels: np.abs(np.diff(pixels, axis=1)).mean()  # noqa: E731
+    assert sharpness(blurred[quarter]) < 0.4 * sharpness(plain[quarter])
+    far_corner = (slice(150, 240), slice(220, 320))  # outside the box and its margin
+    assert abs(blurred[far_corner] - plain[far_corner]).mean() < 2

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import yaml
-from clipflow.config import load_config, schema
+from clipflow.config import DOWNLOAD_COLUMNS, load_config, schema
 from clipflow.curate.filters import KINDS
 from clipflow.errors import ClipflowError
 from conftest import REPO, run_snakemake, write_config
@@ -44,6 +44,14 @@ def test_shipped_config_is_valid():
         (
             {"input": {"paths": ["m.csv"]}, "download": {"shards_per_job": 3}, "embed": {"shards_per_job": 4}},
             r"embed.shards_per_job \(4\) must be a multiple of download.shards_per_job \(3\)",
+        ),
+        (
+            {"input": {"paths": ["m.parquet"], "keep_cols": ["original_width", "original_height", "sha256"]}},
+            r"input.keep_cols: \['original_width', 'original_height', 'sha256'\] are written by the download",
+        ),
+        (
+            {"input": {"paths": ["m.parquet"]}, "download": {"bbox_col": "face_bboxes"}},
+            r"download.bbox_col \('face_bboxes'\) must be one of input.keep_cols",
         ),
     ],
 )
@@ -92,3 +100,17 @@ def test_each_filter_kind_brings_its_options_into_the_schema():
     )
     basic = next(rule["then"] for rule in entry["allOf"] if rule["if"]["properties"]["kind"]["const"] == "basic")
     assert basic["properties"]["min_side"]["default"] == 200
+
+
+def test_keep_cols_refused_are_those_img2dataset_refuses():
+    from img2dataset.main import arguments_validator
+
+    def refused(column):
+        try:
+            arguments_validator({"compute_hash": "sha256", "verify_hash": None, "save_additional_columns": [column]})
+        except ValueError:
+            return True
+        return False
+
+    assert all(refused(column) for column in DOWNLOAD_COLUMNS)
+    assert not refused("face_bboxes") and not refused("uid")

@@ -11,6 +11,7 @@ import torch
 import webdataset as wds
 
 from clipflow.config import validate_config
+from clipflow.curate.filters import make_filter
 from clipflow.curate.filters.basic import basic_filter
 from clipflow.curate.filters.clip_score import clip_score_filter
 from clipflow.curate.filters.text_based import read_vocabulary, text_based_filter
@@ -36,12 +37,21 @@ def test_clip_score_threshold_keeps_rows_at_or_above_it():
     assert keep.tolist() == [False, True, True, False, True] and threshold == 0.25
 
 
-def test_clip_score_top_fraction_keeps_that_share_and_ties_at_the_cut():
-    scores = np.arange(100, dtype=np.float32) / 100
-    keep, threshold = clip_score_filter(scores, None, 0.3)
-    assert keep.sum() == 30 and keep[70:].all() and threshold == pytest.approx(0.70)
+def datacomp_top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
+    """DataComp's selection (baselines/apply_filter.py, get_threshold then >=), restated to check ours."""
+    n = int(len(scores) * fraction)
+    return scores >= -np.sort(-scores)[n]
+
+
+@pytest.mark.parametrize("rows, fraction, kept", [(284, 0.5, 143), (20, 0.3, 7), (100, 0.3, 31), (7, 0.9, 7)])
+def test_clip_score_top_fraction_keeps_the_rows_datacomp_keeps(rows, fraction, kept):
+    scores = np.random.default_rng(rows).permutation(rows).astype(np.float64) / rows
+    keep, threshold = clip_score_filter(scores, None, fraction)
+    assert keep.sum() == kept and (keep == datacomp_top_fraction(scores, fraction)).all()
+    assert scores[keep].min() == threshold and scores[~keep].max(initial=-1) < threshold
     tied = np.array([0.9, 0.5, 0.5, 0.5, 0.1], np.float32)
-    assert clip_score_filter(tied, None, 0.4)[0].tolist() == [True, True, True, True, False]
+    assert clip_score_filter(tied, None, 0.2)[0].tolist() == [True, True, True, True, False]
+    assert clip_score_filter(scores, None, 1.0)[0].all()
 
 
 @pytest.mark.parametrize("threshold, fraction", [(None, None), (0.2, 0.3)])
@@ -397,3 +407,18 @@ def test_new_head_weights_rescore_the_pool(curated):
     jobs = result.stdout + result.stderr
     assert "curate_pool" in jobs and "aesthetic_embeddings" in jobs and "curate_filter" in jobs
     assert "embed_chunk" not in jobs and "download_batch" not in jobs
+
+
+def test_any_numeric_pool_column_can_be_the_score():
+    pool = pd.DataFrame({"uid": list("abcd"), "clip_score": [0.9, 0.1, 0.2, 0.3], "similarity": [0.1, 0.3, 0.29, 0.27]})
+    by_column = make_filter(
+        {"kind": "clip_score", "threshold": 0.28, "top_fraction": None, "score_column": "similarity"}
+    )
+    assert by_column.decide(pool, []).keep.tolist() == [False, True, True, False]
+    for column, message in (("nope", r"no column 'nope'"), ("uid", r"column 'uid' holds object, not numbers")):
+        options = {"kind": "clip_score", "threshold": 0.2, "top_fraction": None, "score_column": column}
+        with pytest.raises(ClipflowError, match=message):
+            make_filter(options).decide(pool, [])
+    pool.loc[2, "similarity"] = None
+    with pytest.raises(ClipflowError, match=r"'similarity' has no value in pool row 2 \(uid c\)"):
+        by_column.decide(pool, [])

@@ -77,7 +77,7 @@ def main() -> None:
             "input": {"paths": paths, "format": "auto", "url_col": "url", "caption_col": "text", "uid_col": "uid"},
             "plan": {"samples_per_shard": args.samples_per_shard},
         }
-        config["input"]["keep_cols"] = ["original_width", "original_height"]
+        config["input"].update(keep_cols=[], metadata_cols=["original_width", "original_height"])
         first = plan_in_child(config, tmp / "plan")
         again = plan_in_child(config, tmp / "plan")
         totals = first["totals"]

@@ -11,6 +11,7 @@ import jsonschema
 import yaml
 
 from clipflow.errors import ClipflowError
+from clipflow.shards import SIZE_COLUMNS
 
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "config.schema.yaml"
 
@@ -92,8 +93,22 @@ def check_across_keys(config: dict) -> None:
             f"embed.shards_per_job ({per_embed}) must be a multiple of download.shards_per_job "
             f"({per_download}): an embedding job takes whole download batches"
         )
+    metadata_cols = config["input"]["metadata_cols"]
+    both = sorted(set(keep_cols) & set(metadata_cols))
+    if both:
+        raise ClipflowError(f"input.metadata_cols: {both} are in input.keep_cols too; name each column once")
+    precomputed = bool(config["embed"]["precomputed"])
     filters = config["curate"]["filters"]
     for name, options in filters.items():
+        wanted = make_filter(options).metadata_columns()
+        available = {*keep_cols, *metadata_cols, *(() if precomputed else SIZE_COLUMNS)}
+        missing = [column for column in wanted if column not in available]
+        if missing:
+            why = " (with embed.precomputed the pool is made before any download)" if precomputed else ""
+            raise ClipflowError(
+                f"curate.filters.{name} ({options['kind']}) reads {missing}, which the pool does not have{why}: "
+                "add them to input.metadata_cols"
+            )
         needs = make_filter(options).score_model
         if needs and not config["curate"]["scores"][needs]:
             raise ClipflowError(
@@ -106,6 +121,16 @@ def check_across_keys(config: dict) -> None:
             raise ClipflowError(
                 f"curate.subsets.{subset}.filters names {unknown}, not in curate.filters ({sorted(filters)})"
             )
+    subset = config["download"]["subset"]
+    if subset and subset not in config["curate"]["subsets"]:
+        raise ClipflowError(
+            f"download.subset names {subset!r}, not in curate.subsets ({sorted(config['curate']['subsets'])})"
+        )
+    if subset and not precomputed:
+        raise ClipflowError(
+            "download.subset needs embed.precomputed: a subset is chosen before the download only from embeddings "
+            "that come with the metadata (DataComp's .npz)"
+        )
 
 
 def load_config(path: Path | str) -> dict:

@@ -23,6 +23,19 @@ SHARD_DIGITS = 8
 SUFFIXES = (".tar", ".parquet", "_stats.json")  # the stats file last: it marks a finished shard
 SIZE_COLUMNS = ("original_width", "original_height")  # the image's size before resizing, per row
 SAMPLE_FIELDS = ("uid", "url", "caption", "key")
+FILTERED = "filtered"  # a shard parquet row's status where download.subset left the row out
+
+
+def plan_keys(shard: str, rows: int) -> list[str]:
+    """The keys that the download gives a plan shard's rows, in row order: img2dataset's own (shard number times
+    a power of ten above the row count, plus the row), so rows never downloaded have their key too."""
+    import math
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which asks PyPI
+    from img2dataset.downloader import compute_key
+
+    digits = math.ceil(math.log10(max(1, rows)))
+    return [compute_key(row, int(shard), digits, len(shard)) for row in range(rows)]
 
 
 def shard_name(number: int) -> str:

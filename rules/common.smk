@@ -93,9 +93,25 @@ def all_batch_records():
     return [batch_record(batch) for batch in BATCHES]
 
 
+def download_subset(wildcards):
+    """With download.subset, the subset's left-out rows: a download job skips them."""
+    subset = config["download"]["subset"]
+    return {"subset": f"{SUBSETS_DIR}/{subset}/removed.parquet"} if subset else {}
+
+
+def pool_batch_records():
+    """The downloads that curation waits for: none when the embeddings are precomputed (the pool is then made
+    from metadata alone, so that a subset can choose what to download)."""
+    return [] if config["embed"]["precomputed"] else all_batch_records()
+
+
 def chunk_batch_records(wildcards):
     shards = CHUNKS[wildcards.chunk]
     return [batch_record(batch) for batch in shards[:: config["download"]["shards_per_job"]]]
+
+
+def chunk_plan_shards(wildcards):
+    return [f"{PLAN_DIR}/shards/{shard}.parquet" for shard in CHUNKS[wildcards.chunk]]
 
 
 def chunk_tars(wildcards):

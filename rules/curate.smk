@@ -2,7 +2,7 @@ rule curate_pool:
     input:
         unpack(score_models),
         chunks=all_chunk_records(),
-        batches=all_batch_records(),
+        batches=pool_batch_records(),
     output:
         pool=f"{CURATE_DIR}/pool.parquet",
     log:
@@ -16,7 +16,13 @@ rule curate_pool:
         metadata=shard_embeddings("metadata"),
         image=shard_embeddings("image"),
         text=shard_embeddings("text"),
-        parquets=expand(f"{SHARDS_DIR}/{{shard}}.parquet", shard=PLAN.shards),
+        parquets=(
+            []
+            if config["embed"]["precomputed"]
+            else expand(f"{SHARDS_DIR}/{{shard}}.parquet", shard=PLAN.shards)
+        ),
+        plan_shards=expand(f"{PLAN_DIR}/shards/{{shard}}.parquet", shard=PLAN.shards),
+        metadata_cols=config["input"]["metadata_cols"],
     script:
         "../scripts/curate_pool.py"
 
@@ -70,10 +76,11 @@ rule curate_subset:
         pool=f"{CURATE_DIR}/pool.parquet",
         tables=lambda wildcards: subset_filter_outputs(wildcards, "parquet"),
         infos=lambda wildcards: subset_filter_outputs(wildcards, "json"),
-        batches=all_batch_records(),
+        batches=pool_batch_records(),
     output:
         uids=f"{SUBSETS_DIR}/{{subset}}/uids.npy",
         kept=f"{SUBSETS_DIR}/{{subset}}/kept.parquet",
+        removed=f"{SUBSETS_DIR}/{{subset}}/removed.parquet",
         summary=f"{SUBSETS_DIR}/{{subset}}/summary.json",
         effects=report(
             f"{SUBSETS_DIR}/{{subset}}/filter_effects.png",
@@ -102,6 +109,7 @@ rule curate_subset:
         mem_mb=lambda wildcards, attempt: config["curate"]["mem_mb"] * attempt,
     params:
         filters=lambda wildcards: config["curate"]["subsets"][wildcards.subset]["filters"],
+        shards=SHARDS_DIR,
     script:
         "../scripts/curate_subset.py"
 

@@ -3,6 +3,7 @@
 # download.threads (connections, not CPUs) is read at run time: it changes no output.
 rule download_batch:
     input:
+        unpack(download_subset),
         shards=batch_plan_shards,
         demo_images=demo_images,
     output:

@@ -23,25 +23,53 @@ rule fetch_model:
 
 # Writes image/, text/ and metadata/ files per shard of the chunk, then the chunk's record (the declared
 # output). Device and batch size are read at run time and workers come from threads: they change no output.
-rule embed_chunk:
-    input:
-        batches=chunk_batch_records,
-        manifest=MODEL_MANIFEST,
-    output:
-        record=f"{EMBEDDINGS_DIR}/info/{{chunk}}.json",
-    log:
-        "logs/embed/{chunk}.log",
-    benchmark:
-        f"{BENCHMARKS_DIR}/embed/{{chunk}}.tsv"
-    conda:
-        "../envs/embed.yaml"
-    threads: max(1, config["embed"]["workers"])
-    resources:
-        mem_mb=lambda wildcards, attempt: config["embed"]["mem_mb"] * attempt,
-        runtime=lambda wildcards, attempt: 240 * attempt,
-    params:
-        tars=chunk_tars,
-        precision=config["embed"]["precision"],
-        kept_columns=config["input"]["keep_cols"],
-    script:
-        "../scripts/embed_chunk.py"
+# With embed.precomputed the chunk's files come from the .npz beside the metadata instead, for every planned
+# row: nothing waits for a download.
+if config["embed"]["precomputed"]:
+
+    rule precomputed_chunk:
+        input:
+            shards=chunk_plan_shards,
+        output:
+            record=f"{EMBEDDINGS_DIR}/info/{{chunk}}.json",
+        log:
+            "logs/embed/{chunk}.log",
+        benchmark:
+            f"{BENCHMARKS_DIR}/embed/{{chunk}}.tsv"
+        conda:
+            "../envs/embed.yaml"
+        threads: 1
+        resources:
+            mem_mb=lambda wildcards, attempt: config["embed"]["mem_mb"] * attempt,
+        params:
+            plan=PLAN_DIR,
+            arrays=config["embed"]["precomputed"],
+            columns=config["input"]["keep_cols"] + config["input"]["metadata_cols"],
+            model={key: config["embed"][key] for key in ("model", "pretrained", "checkpoint")},
+        script:
+            "../scripts/precomputed_chunk.py"
+
+else:
+
+    rule embed_chunk:
+        input:
+            batches=chunk_batch_records,
+            manifest=MODEL_MANIFEST,
+        output:
+            record=f"{EMBEDDINGS_DIR}/info/{{chunk}}.json",
+        log:
+            "logs/embed/{chunk}.log",
+        benchmark:
+            f"{BENCHMARKS_DIR}/embed/{{chunk}}.tsv"
+        conda:
+            "../envs/embed.yaml"
+        threads: max(1, config["embed"]["workers"])
+        resources:
+            mem_mb=lambda wildcards, attempt: config["embed"]["mem_mb"] * attempt,
+            runtime=lambda wildcards, attempt: 240 * attempt,
+        params:
+            tars=chunk_tars,
+            precision=config["embed"]["precision"],
+            kept_columns=config["input"]["keep_cols"],
+        script:
+            "../scripts/embed_chunk.py"

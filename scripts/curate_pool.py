@@ -9,6 +9,8 @@ with redirect_to_log(snakemake.log[0]):
         snakemake.params.image,
         snakemake.params.text,
         snakemake.params.parquets,
+        snakemake.params.plan_shards,
+        snakemake.params.metadata_cols,
         {key: snakemake.input.get(key) for key in SCORE_COLUMNS},
     )
     files.write_parquet(pool, snakemake.output.pool)

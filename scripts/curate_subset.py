@@ -6,12 +6,11 @@ import pandas as pd
 
 from clipflow import files
 from clipflow.curate.plots import plot_examples, plot_filter_effects, plot_score_cut
-from clipflow.curate.subset import combine, examples, uid_array
+from clipflow.curate.subset import REMOVED_ROW_GROUP, combine, examples, removed_rows, uid_array
 from clipflow.logs import redirect_to_log
 from clipflow.shards import ShardReader
 
 with redirect_to_log(snakemake.log[0]):
-    shards_folder = Path(snakemake.input.batches[0]).parent.parent  # shards sit beside batches/
     pool = pd.read_parquet(snakemake.input.pool)
     names = snakemake.params.filters
     tables = {name: pd.read_parquet(path) for name, path in zip(names, snakemake.input.tables)}
@@ -25,8 +24,9 @@ with redirect_to_log(snakemake.log[0]):
     with files.replacing(snakemake.output.uids) as tmp, open(tmp, "wb") as f:
         np.save(f, uid_array(kept["uid"]))
     files.write_parquet(kept, snakemake.output.kept)
+    files.write_parquet(removed_rows(pool, keep, tables), snakemake.output.removed, row_group_size=REMOVED_ROW_GROUP)
     files.write_json(snakemake.output.summary, summary)
     plot_filter_effects(summary, snakemake.output.effects)
     plot_score_cut(pool["clip_score"].to_numpy(), keep, thresholds, snakemake.output.score_cut)
-    reader = ShardReader(shards_folder)
+    reader = ShardReader(snakemake.params.shards) if snakemake.input.batches else None  # precomputed: no images
     plot_examples(examples(pool, keep, tables, reader), snakemake.output.examples)

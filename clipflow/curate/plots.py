@@ -51,6 +51,8 @@ def plot_examples(examples: list[tuple], path, columns: int = 6) -> None:
     fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.9 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    if not examples:
+        fig.text(0.5, 0.5, "no images: the subset was chosen from metadata, before any download", ha="center")
     for ax, (title, image, caption) in zip(axes.flat, examples):
         ax.imshow(Image.open(io.BytesIO(image)).convert("RGB"))
         ax.set_title(f"{title}\n{textwrap.shorten(str(caption), 60)}", fontsize=7, wrap=True)

@@ -62,6 +62,18 @@ def write_shard(rows: pd.DataFrame, shards_folder: Path | str, folder: Path | st
     return number
 
 
+def downloaded_only(kept: pd.DataFrame, shards_folder) -> tuple[pd.DataFrame, int]:
+    """The kept rows whose download succeeded, and how many others there were: a subset chosen from metadata
+    (embed.precomputed) holds rows whose image could not be fetched. One shard parquet at a time."""
+    downloaded = []
+    for shard, rows in kept.groupby("shard", sort=False):
+        results = pd.read_parquet(shards.rows_path(shards_folder, shard), columns=["key", "status"])
+        successes = set(results["key"][results["status"] == "success"])
+        downloaded.append(rows[rows["key"].isin(successes)])
+    found = pd.concat(downloaded) if downloaded else kept.iloc[:0]
+    return found, len(kept) - len(found)
+
+
 def reshard(kept: pd.DataFrame, shards_folder, folder, samples_per_shard: int, processes: int) -> dict:
     """Reshard `kept` (rows with shard, key) into `folder`; returns a record of what was written."""
     folder = Path(folder)

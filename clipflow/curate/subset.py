@@ -4,10 +4,13 @@ import re
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from clipflow.errors import ClipflowError
 
 UID = re.compile(r"^[0-9a-fA-F]{32}$")
+# removed.parquet's row groups: a download job reads the groups whose shard range meets its shards (~4 MB each)
+REMOVED_ROW_GROUP = 200_000
 
 
 def uid_array(uids: pd.Series) -> np.ndarray:
@@ -45,9 +48,32 @@ def combine(pool: pd.DataFrame, filter_tables: dict[str, pd.DataFrame]) -> tuple
     return keep, summary
 
 
+def removed_for(removed_path, shards: list[str]) -> dict[str, dict[str, str]]:
+    """The rows of `shards` that the subset leaves out, as shard -> {key: filter}, reading only the row groups
+    that hold those shards."""
+    table = pq.read_table(removed_path, filters=[("shard", "in", list(shards))])
+    found = {shard: {} for shard in shards}
+    for shard, key, name in zip(*(table[column].to_pylist() for column in ("shard", "key", "filter"))):
+        found[shard][key] = name
+    return found
+
+
+def removed_rows(pool: pd.DataFrame, keep: np.ndarray, filter_tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The rows a subset leaves out (shard, key) with the first filter, in the listed order, that removed each:
+    what a download of just the subset accounts them as. Sorted by shard, so that a download job reads only its
+    shards' row groups."""
+    first = pd.Series([None] * len(pool), dtype=object)
+    for name, table in reversed(filter_tables.items()):
+        first[~table["keep"].to_numpy()] = name
+    removed = pd.DataFrame({"shard": pool["shard"], "key": pool["key"], "filter": first})[~keep]
+    return removed.sort_values(["shard", "key"], kind="stable").reset_index(drop=True)
+
+
 def examples(pool: pd.DataFrame, keep: np.ndarray, filter_tables: dict, reader, count: int = 6) -> list[tuple]:
     """Up to `count` kept and `count` removed rows (spread over the pool) as (title, image, caption),
-    a removed row titled with the first filter that removed it."""
+    a removed row titled with the first filter that removed it; none without a shard reader."""
+    if reader is None:
+        return []
     chosen = []
     for wanted in (True, False):
         rows = np.flatnonzero(keep == wanted)

@@ -1,4 +1,5 @@
-"""Account for every input row: dropped as duplicate, invalid, downloaded, or failed with a reason."""
+"""Account for every input row: dropped as duplicate, invalid, filtered out before download (by the filter that
+removed it), downloaded, or failed with a reason."""
 
 import re
 from collections import Counter
@@ -8,6 +9,7 @@ import pyarrow.parquet as pq
 
 from clipflow.errors import ClipflowError
 from clipflow.ingest.planner import Plan
+from clipflow.shards import FILTERED
 
 # img2dataset's resizer's own reasons, then clipflow.download.images' (each message starts with its reason)
 RESIZE_REASONS = ("image too small", "image area too large", "aspect ratio too large")
@@ -50,11 +52,15 @@ def shard_accounting(plan: Plan, shard: str, result_parquet: Path) -> dict:
     results = pq.read_table(result_parquet, columns=["status", "error_message"]).to_pylist()
     if len(results) != planned:
         raise ClipflowError(f"{result_parquet}: {len(results)} rows for {planned} planned; download the shard again")
-    failed = Counter(failure_reason(r["status"], r["error_message"]) for r in results if r["status"] != "success")
+    filtered = Counter(r["error_message"].removeprefix("filtered out by ") for r in results if r["status"] == FILTERED)
+    failed = Counter(
+        failure_reason(r["status"], r["error_message"]) for r in results if r["status"] not in ("success", FILTERED)
+    )
     return {
         "shard": shard,
         "planned": planned,
-        "downloaded": planned - sum(failed.values()),
+        "filtered_out": dict(sorted(filtered.items())),
+        "downloaded": planned - sum(failed.values()) - sum(filtered.values()),
         "failed": dict(sorted(failed.items())),
     }
 
@@ -67,20 +73,21 @@ def summarize(plan: Plan, result_parquets: list[Path | str]) -> dict:
         raise ClipflowError(f"no downloaded parquet for planned shards {missing[:10]}")
     shards = [shard_accounting(plan, shard, by_shard[shard]) for shard in plan.shards]
     totals = plan.totals()
-    failed = Counter()
+    failed, filtered = Counter(), Counter()
     for shard in shards:
         failed.update(shard["failed"])
+        filtered.update(shard["filtered_out"])
     summary = {
         "input_rows": totals["rows"],
         "duplicates_dropped": totals["duplicates"],
         "invalid_dropped": totals["invalid"],
+        "filtered_out": dict(sorted(filtered.items())),
         "downloaded": sum(shard["downloaded"] for shard in shards),
         "failed": dict(sorted(failed.items())),
         "shards": shards,
     }
-    accounted = (
-        summary["duplicates_dropped"] + summary["invalid_dropped"] + summary["downloaded"] + sum(failed.values())
-    )
+    accounted = summary["duplicates_dropped"] + summary["invalid_dropped"] + summary["downloaded"]
+    accounted += sum(failed.values()) + sum(filtered.values())
     if accounted != summary["input_rows"]:
         raise ClipflowError(
             f"accounting does not add up: {accounted} rows accounted for {summary['input_rows']} input rows"
@@ -93,6 +100,11 @@ def format_summary(summary: dict) -> str:
         f"input rows                      {summary['input_rows']:>10,}",
         f"  duplicates dropped            {summary['duplicates_dropped']:>10,}",
         f"  invalid dropped               {summary['invalid_dropped']:>10,}",
+    ]
+    if summary["filtered_out"]:
+        lines.append(f"  filtered out (download.subset){sum(summary['filtered_out'].values()):>10,}")
+        lines += [f"    by {name:<25}{count:>10,}" for name, count in summary["filtered_out"].items()]
+    lines += [
         f"  downloaded                    {summary['downloaded']:>10,}",
         f"  failed                        {sum(summary['failed'].values()):>10,}",
     ]
@@ -111,6 +123,7 @@ def plot_summary(summary: dict, path: Path | str) -> None:
         "downloaded": summary["downloaded"],
         "duplicate": summary["duplicates_dropped"],
         "invalid": summary["invalid_dropped"],
+        **{f"filtered out by {name}": count for name, count in summary["filtered_out"].items()},
         **{f"failed: {reason}": count for reason, count in summary["failed"].items()},
     }
     shards = summary["shards"]
@@ -118,7 +131,9 @@ def plot_summary(summary: dict, path: Path | str) -> None:
     left.barh(
         list(states),
         list(states.values()),
-        color=["tab:green", "tab:gray", "tab:brown"] + ["tab:red"] * len(summary["failed"]),
+        color=["tab:green", "tab:gray", "tab:brown"]
+        + ["tab:olive"] * len(summary["filtered_out"])
+        + ["tab:red"] * len(summary["failed"]),
     )
     left.bar_label(left.containers[0], fmt="{:,.0f}", padding=3)
     left.invert_yaxis()
@@ -127,9 +142,11 @@ def plot_summary(summary: dict, path: Path | str) -> None:
     positions = range(len(shards))
     right.bar(positions, [s["downloaded"] for s in shards], label="downloaded", color="tab:green")
     stacked = [s["downloaded"] for s in shards]
-    for reason in summary["failed"]:
-        counts = [s["failed"].get(reason, 0) for s in shards]
-        right.bar(positions, counts, bottom=stacked, label=f"failed: {reason}")
+    parts = [("filtered_out", name, f"filtered out by {name}") for name in summary["filtered_out"]]
+    parts += [("failed", reason, f"failed: {reason}") for reason in summary["failed"]]
+    for state, name, label in parts:
+        counts = [s[state].get(name, 0) for s in shards]
+        right.bar(positions, counts, bottom=stacked, label=label)
         stacked = [a + b for a, b in zip(stacked, counts)]
     if len(shards) <= 40:
         right.set_xticks(list(positions), [s["shard"] for s in shards], rotation=90, fontsize="small")

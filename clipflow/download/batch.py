@@ -31,23 +31,28 @@ def download_batch(
     kept_columns: list[str],
     record: Path | str,
     threads: int,
+    filtered: dict[str, dict[str, str]] | None = None,
 ) -> None:
     """Download each plan shard not yet complete, then write `record`, the batch's proof of completion.
 
     `options` holds what changes the shards (image size, timeout, ...); `threads` only sizes the work.
-    A shard that fails does not stop the others; the batch fails at the end, naming it, and a rerun
-    downloads only what is still missing.
+    `filtered` (download.subset) maps a shard to the keys of its rows left out and the filter that removed
+    each: they are not fetched, and the shard's parquet gives them status `filtered`. A shard downloaded for
+    another selection is downloaded again. A shard that fails does not stop the others; the batch fails at the
+    end, naming it, and a rerun downloads only what is still missing.
     """
     failed, done = {}, []
-    digest = settings_digest(options, kept_columns)
+    filtered = filtered or {}
     for plan_shard in map(Path, plan_shards):
         shard = plan_shard.stem
+        left_out = filtered.get(shard, {})
+        digest = settings_digest(options, kept_columns, left_out)
         if is_current(output_folder, shard, digest):
             log.info("shard %s is complete, kept", shard)
             done.append({"shard": shard, "downloaded_now": False})
             continue
         try:
-            download_shard(plan_shard, output_folder, options, kept_columns, threads, digest)
+            download_shard(plan_shard, output_folder, options, kept_columns, threads, digest, left_out)
         except Exception as error:  # whatever broke this shard, the rest of the batch goes on
             log.exception("shard %s failed", shard)
             failed[shard] = f"{type(error).__name__}: {error}"
@@ -59,8 +64,11 @@ def download_batch(
     files.write_json(record, {"shards": done, "file_sizes": files.sizes(written, relative_to=output_folder)})
 
 
-def settings_digest(options: dict, kept_columns: list[str]) -> str:
-    settings = json.dumps({"options": options, "kept_columns": list(kept_columns)}, sort_keys=True)
+def settings_digest(options: dict, kept_columns: list[str], left_out: dict[str, str] | None = None) -> str:
+    settings = {"options": options, "kept_columns": list(kept_columns)}
+    if left_out:  # (a shard downloaded whole keeps the digest it had before subsets could be downloaded)
+        settings["left_out"] = left_out
+    settings = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
@@ -83,6 +91,7 @@ def download_shard(
     kept_columns: list[str],
     threads: int,
     digest: str,
+    left_out: dict[str, str] | None = None,
 ) -> Path:
     """Download the rows of one plan shard (a parquet named after its shard id); returns the stats path."""
     plan_shard, output_folder = Path(plan_shard), Path(output_folder)
@@ -91,7 +100,7 @@ def download_shard(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     log.info("shard %s: downloading", shard)
-    fetch_shard(plan_shard, staging, options, kept_columns, threads)
+    fetch_shard(plan_shard, staging, options, kept_columns, threads, left_out or {})
     missing = shards.missing_files(staging, shard)
     if missing:
         raise ClipflowError(f"{plan_shard}: the download finished without writing {missing}; see the log above")

@@ -56,7 +56,9 @@ def _settings(config: dict) -> dict:
     return {
         "version": PLAN_VERSION,
         "format": input_config["format"],
-        "columns": [input_config[k] for k in ("url_col", "caption_col", "uid_col")] + list(input_config["keep_cols"]),
+        "columns": [input_config[k] for k in ("url_col", "caption_col", "uid_col")]
+        + list(input_config["keep_cols"])
+        + list(input_config["metadata_cols"]),
         "samples_per_shard": config["plan"]["samples_per_shard"],
     }
 

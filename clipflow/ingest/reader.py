@@ -39,6 +39,7 @@ class Columns:
     caption: str | None
     uid: str | None
     keep: tuple[str, ...]
+    keep_keys: tuple[str, ...] = ()  # the config key naming each kept column, for messages
 
     @classmethod
     def from_config(cls, input_config: dict) -> "Columns":
@@ -46,7 +47,9 @@ class Columns:
             url=input_config["url_col"],
             caption=input_config["caption_col"],
             uid=input_config["uid_col"],
-            keep=tuple(input_config["keep_cols"]),
+            keep=tuple(input_config["keep_cols"]) + tuple(input_config["metadata_cols"]),
+            keep_keys=tuple(f"input.keep_cols[{i}]" for i in range(len(input_config["keep_cols"])))
+            + tuple(f"input.metadata_cols[{i}]" for i in range(len(input_config["metadata_cols"]))),
         )
 
     def wanted(self) -> list[str]:
@@ -181,7 +184,8 @@ def _check_text_types(source: Source, columns: Columns, schema: pa.Schema) -> No
 
 def _check_columns(source: Source, columns: Columns, present: list[str]) -> None:
     roles = {"input.url_col": columns.url, "input.caption_col": columns.caption, "input.uid_col": columns.uid}
-    roles.update({f"input.keep_cols[{i}]": c for i, c in enumerate(columns.keep)})
+    keys = columns.keep_keys or [f"input.keep_cols[{i}]" for i in range(len(columns.keep))]
+    roles.update(dict(zip(keys, columns.keep)))
     for key, column in roles.items():
         if column is not None and column not in present:
             hint = (

@@ -12,7 +12,7 @@ from clipflow.ingest.planner import load_plan, make_plan
 
 def config(paths, samples_per_shard=1000, **input_overrides):
     input_config = {"paths": paths, "format": "auto", "url_col": "url", "caption_col": "caption", "uid_col": None}
-    input_config.update({"keep_cols": [], **input_overrides})
+    input_config.update({"keep_cols": [], "metadata_cols": [], **input_overrides})
     return {"input": input_config, "plan": {"samples_per_shard": samples_per_shard}}
 
 

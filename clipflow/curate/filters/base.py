@@ -29,6 +29,11 @@ class Filter:
     def __init__(self, options: dict):
         self.options = options
 
+    def metadata_columns(self) -> tuple[str, ...]:
+        """Pool columns the filter reads that come from the metadata (input.keep_cols or metadata_cols) or, for
+        the original image size, from the download; checked against the config before any work."""
+        return ()
+
     def embeddings(self) -> str | None:
         """Which embeddings ("image" or "text") the filter reads besides the pool, or None."""
         return None

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 
 from clipflow.curate.filters.base import Decision, Filter
+from clipflow.shards import SIZE_COLUMNS
 
 
 def caption_languages(captions: pd.Series, model_path: str | None = None) -> np.ndarray:
@@ -63,6 +64,9 @@ class Basic(Filter):
             "default": None,
         },
     }
+
+    def metadata_columns(self) -> tuple[str, ...]:
+        return SIZE_COLUMNS
 
     def decide(self, pool, embeddings) -> Decision:
         keep, reason = basic_filter(pool, self.options)

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from clipflow.curate.filters.base import Decision, Filter
+from clipflow.curate.scores import SCORE_COLUMNS
 from clipflow.errors import ClipflowError
 
 
@@ -62,6 +63,10 @@ class ClipScore(Filter):
             "default": "clip_score",
         },
     }
+
+    def metadata_columns(self) -> tuple[str, ...]:
+        column = self.options["score_column"]
+        return () if column in ("clip_score", *SCORE_COLUMNS.values()) else (column,)
 
     def decide(self, pool, embeddings) -> Decision:
         scores = score_values(pool, self.options["score_column"])

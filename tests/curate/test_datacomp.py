@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 import webdataset as wds
 
 from clipflow.embed.precomputed import load_arrays
@@ -159,3 +160,20 @@ def test_precomputed_arrays_are_checked_against_their_metadata(tmp_path):
         load_arrays(str(tmp_path / "m.parquet"), {"image": "b32_img", "text": "l14_txt"}, 2)
     with pytest.raises(ClipflowError, match=r"other.npz: no such file"):
         load_arrays(str(tmp_path / "other.parquet"), arrays, 2)
+
+
+def test_a_wider_subset_downloads_again_only_the_shards_whose_rows_it_changes(participant):
+    """Last in this module: it changes the run. One more row passes the CLIP score cut: its shard alone is
+    downloaded again; the others keep their files."""
+    workdir, metadata, _ = participant
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["curate"]["filters"]["clip"]["top_fraction"] = 0.6  # int(12 x 0.6) + 1 = 8 rows: the bicycle too
+    write_config(workdir, config)
+    before = {shard: (workdir / f"results/shards/{shard}.tar").stat().st_mtime_ns for shard in ("00000000", "00000002")}
+    run_snakemake(workdir, "--cores", "2")
+    log = (workdir / "logs/download/00000000.log").read_text()
+    assert "shard 00000000 is complete, kept" in log and "shard 00000002 is complete, kept" in log
+    assert "shard 00000001: downloading" in log
+    assert all((workdir / f"results/shards/{s}.tar").stat().st_mtime_ns == t for s, t in before.items())
+    summary = json.loads((workdir / "results/summary/download.json").read_text())
+    assert summary["filtered_out"] == {"clip": 4, "basic": 3} and summary["downloaded"] == 4

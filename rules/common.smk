@@ -127,6 +127,11 @@ def filter_modality(wildcards):
     return make_filter(config["curate"]["filters"][wildcards.filter]).embeddings()
 
 
+def filter_assets(wildcards):
+    """Local files a filter reads (vocabulary, language model, centroids): a changed file reruns it."""
+    return make_filter(config["curate"]["filters"][wildcards.filter]).assets()
+
+
 def filter_chunk_records(wildcards):
     return all_chunk_records() if filter_modality(wildcards) else []
 

@@ -51,6 +51,7 @@ rule curate_filter:
     input:
         pool=f"{CURATE_DIR}/pool.parquet",
         chunks=filter_chunk_records,
+        assets=filter_assets,
     output:
         table=f"{CURATE_DIR}/filters/{{filter}}.parquet",
         info=f"{CURATE_DIR}/filters/{{filter}}.json",

@@ -3,10 +3,12 @@ and a subset chosen from them before any download, then the download of just tha
 and its resharding."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 import webdataset as wds
 
@@ -42,6 +44,7 @@ def datacomp_rows(image_server) -> pd.DataFrame:
             "original_width": [size[0] for *_, size, _ in rows],
             "original_height": [size[1] for *_, size, _ in rows],
             "clip_l14_similarity_score": [score for *_, score in rows],
+            "clip_b32_similarity_score": [0.30, 0.29, 0.28, 0.27, 0.33, 0.25, 0.31, 0.2, 0.2, 0.29, 0.1, 0.1],
             "face_bboxes": [[[0.1, 0.1, 0.4, 0.4]] if n == 0 else [] for n in range(len(rows))],
             "sha256": [f"{n:064x}" for n in range(len(rows))],
         }
@@ -54,7 +57,7 @@ def write_release(folder, metadata: pd.DataFrame, parts: int = 2) -> dict:
     rng = np.random.default_rng(1)
     by_uid = {}
     for part, rows in enumerate(np.array_split(metadata, parts)):
-        rows.to_parquet(folder / f"part-{part}.parquet")
+        rows.to_parquet(folder / f"part-{part}.parquet", index=False)
         arrays = {name: rng.normal(size=(len(rows), WIDTH)).astype(np.float16) for name in ("l14_img", "l14_txt")}
         np.savez(folder / f"part-{part}.npz", **arrays)
         for i, uid in enumerate(rows["uid"]):
@@ -74,7 +77,12 @@ def participant(tmp_path_factory, image_server):
             "caption_col": "text",
             "uid_col": "uid",
             "keep_cols": ["face_bboxes"],
-            "metadata_cols": ["original_width", "original_height", "clip_l14_similarity_score"],
+            "metadata_cols": [
+                "original_width",
+                "original_height",
+                "clip_l14_similarity_score",
+                "clip_b32_similarity_score",
+            ],
         },
         "plan": {"samples_per_shard": 5},
         "download": {"timeout": 2, "threads": 4, "image_size": 64, "bbox_col": "face_bboxes", "subset": "chosen"},
@@ -82,15 +90,47 @@ def participant(tmp_path_factory, image_server):
         "curate": {
             "filters": {
                 "clip": {"kind": "clip_score", "top_fraction": 0.5, "score_column": "clip_l14_similarity_score"},
-                "basic": {"kind": "basic", "languages": []},
+                "basic": {"kind": "basic"},
             },
             "subsets": {"chosen": {"filters": ["clip", "basic"], "reshard": True}},
             "reshard": {"samples_per_shard": 2, "processes": 1},
         },
     }
+    write_imagenet_assets(workdir)
+    config["curate"]["filters"].update(
+        {
+            "laion_b32": {"kind": "clip_score", "threshold": 0.28, "score_column": "clip_b32_similarity_score"},
+            "english": {"kind": "language"},
+            "image": {"kind": "image_based", "centroids": "small_centroids.pt", "targets": IMAGENET_FILES},
+        }
+    )
+    config["curate"]["subsets"].update(
+        {
+            "no_filter": {"filters": []},
+            "basic": {"filters": ["basic"]},
+            "clip_score_l14_50pct": {"filters": ["clip"]},
+            "laion2b": {"filters": ["laion_b32", "english"]},
+            "image_based": {"filters": ["image"]},
+            "image_based_clip_score_l14_50pct": {"filters": ["clip", "image"]},
+        }
+    )
     write_config(workdir, config)
     run_snakemake(workdir, "--cores", "2")
     return workdir, metadata, embeddings
+
+
+IMAGENET_FILES = ["in1k_clip_vit_l14_0.pt", "in1k_clip_vit_l14_1.pt"]
+
+
+def write_imagenet_assets(workdir) -> None:
+    """DataComp's files for the image-based baseline, in their formats: pool centroids (a torch-saved numpy
+    array) and ImageNet-1k image features (torch-saved dicts), here random: ImageNet sits near centroids 0 and 1."""
+    rng = np.random.default_rng(2)
+    centroids = rng.normal(size=(6, WIDTH)).astype(np.float32)
+    torch.save(centroids, workdir / "small_centroids.pt")
+    for i, name in enumerate(IMAGENET_FILES):
+        features = centroids[[i]] + 0.01 * rng.normal(size=(1, WIDTH)).astype(np.float32)
+        torch.save({"image_features": torch.from_numpy(features)}, workdir / name)
 
 
 def test_the_pool_is_every_metadata_row_with_its_precomputed_embeddings(participant):
@@ -160,6 +200,24 @@ def test_precomputed_arrays_are_checked_against_their_metadata(tmp_path):
         load_arrays(str(tmp_path / "m.parquet"), {"image": "b32_img", "text": "l14_txt"}, 2)
     with pytest.raises(ClipflowError, match=r"other.npz: no such file"):
         load_arrays(str(tmp_path / "other.parquet"), arrays, 2)
+
+
+EXPECTED = Path(__file__).parent.parent / "data" / "datacomp"  # written by DataComp's code: make_expected.py there
+
+
+@pytest.mark.parametrize(
+    "baseline",
+    ["no_filter", "basic", "clip_score_l14_50pct", "laion2b", "image_based", "image_based_clip_score_l14_50pct"],
+)
+def test_datacomp_baselines_select_what_datacomp_code_selects(participant, baseline):
+    """Each baseline's subset file equals the one DataComp's baselines code wrote for the same metadata,
+    embeddings and assets (tests/data/datacomp/make_expected.py)."""
+    workdir, metadata, _ = participant
+    ours = np.load(workdir / f"results/curate/subsets/{baseline}/uids.npy")
+    expected = np.load(EXPECTED / f"{baseline}.npy")
+    assert ours.dtype == expected.dtype == np.dtype("u8,u8")
+    assert ours.tolist() == expected.tolist()
+    assert 0 < len(ours) <= len(metadata)
 
 
 def test_a_wider_subset_downloads_again_only_the_shards_whose_rows_it_changes(participant):

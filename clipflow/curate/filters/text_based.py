@@ -58,6 +58,10 @@ class TextBased(Filter):
         }
     }
 
+    def assets(self) -> list[str]:
+        vocabulary = self.options["vocabulary"]
+        return [vocabulary] if isinstance(vocabulary, str) else []
+
     def decide(self, pool, embeddings) -> Decision:
         keep, matched = text_based_filter(pool["caption"], read_vocabulary(self.options["vocabulary"]))
         return Decision(keep, matched)

@@ -1,0 +1,31 @@
+"""Caption language: keep captions whose most likely language (fastText's lid.176) is one of `languages`, as
+LAION-2B-en kept English and DataComp's LAION-2B baseline does."""
+
+import numpy as np
+import pandas as pd
+
+from clipflow.curate.filters.base import Decision, Filter
+from clipflow.curate.filters.basic import LANGUAGE_MODEL_OPTION, caption_languages
+
+
+class Language(Filter):
+    kind = "language"
+    description = "keep captions whose language (fastText lid.176) is one of languages"
+    options_schema = {
+        "languages": {
+            "description": "fastText lid.176 language codes a caption may have",
+            "type": "array",
+            "items": {"type": "string", "minLength": 2},
+            "minItems": 1,
+            "default": ["en"],
+        },
+        "language_model": LANGUAGE_MODEL_OPTION,
+    }
+
+    def assets(self) -> list[str]:
+        return [self.options["language_model"]] if self.options["language_model"] else []
+
+    def decide(self, pool, embeddings) -> Decision:
+        found = caption_languages(pool["caption"], self.options["language_model"])
+        keep = np.isin(found, self.options["languages"])
+        return Decision(keep, pd.Series(np.where(keep, None, found), dtype=object))

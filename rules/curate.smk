@@ -110,7 +110,6 @@ rule curate_subset:
         mem_mb=lambda wildcards, attempt: config["curate"]["mem_mb"] * attempt,
     params:
         filters=lambda wildcards: config["curate"]["subsets"][wildcards.subset]["filters"],
-        shards=SHARDS_DIR,
     script:
         "../scripts/curate_subset.py"
 

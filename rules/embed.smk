@@ -42,7 +42,6 @@ if config["embed"]["precomputed"]:
         resources:
             mem_mb=lambda wildcards, attempt: config["embed"]["mem_mb"] * attempt,
         params:
-            plan=PLAN_DIR,
             arrays=config["embed"]["precomputed"],
             columns=config["input"]["keep_cols"] + config["input"]["metadata_cols"],
             model={key: config["embed"][key] for key in ("model", "pretrained", "checkpoint")},

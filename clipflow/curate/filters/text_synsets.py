@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from clipflow.curate.filters.base import Decision, Filter
-from clipflow.curate.filters.basic import LANGUAGE_MODEL_OPTION, caption_languages
+from clipflow.curate.filters.basic import LANGUAGE_OPTIONS, caption_languages, language_model_files
 from clipflow.errors import ClipflowError
 
 
@@ -74,18 +74,11 @@ class TextSynsets(Filter):
     options_schema = {
         "synsets": {"description": "a WordNet id a line (DataComp's imagenet21k_wordnet_ids.txt)", "type": "string"},
         "wordnet": {"description": "an nltk_data folder holding corpora/wordnet", "type": "string"},
-        "languages": {
-            "description": "fastText lid.176 codes a caption may have ([] skips the check)",
-            "type": "array",
-            "items": {"type": "string", "minLength": 2},
-            "default": ["en"],
-        },
-        "language_model": LANGUAGE_MODEL_OPTION,
+        **LANGUAGE_OPTIONS,
     }
 
     def assets(self) -> list[str]:
-        language_model = [self.options["language_model"]] if self.options["language_model"] else []
-        return [self.options["synsets"], *language_model]
+        return [self.options["synsets"], *language_model_files(self.options)]
 
     def decide(self, pool, embeddings) -> Decision:
         matched = synset_matches(

@@ -26,6 +26,9 @@ SIZING = {
 }
 # Settings that group shards into jobs: changing one regroups those jobs, which then run again.
 GROUPING = {"download": ("shards_per_job",), "embed": ("shards_per_job",)}
+# Settings added after the first release, at the values that do what the workflow did before they existed: left
+# out of the rules' params there, so that a finished run, upgraded, reruns nothing.
+NEUTRAL = {"download": {"resize_only_if_bigger": False, "bbox_col": None, "subset": None}}
 
 
 def schema() -> dict:
@@ -145,6 +148,12 @@ def section(config: dict, name: str) -> dict:
 
 
 def output_settings(config: dict, name: str) -> dict:
-    """The settings of section `name` that change what its rules write: everything but sizing and grouping."""
+    """The settings of section `name` that change what its rules write: everything but sizing and grouping, and
+    but the settings at their NEUTRAL values."""
     left_out = set(SIZING.get(name, ())) | set(GROUPING.get(name, ()))
-    return {key: value for key, value in section(config, name).items() if key not in left_out}
+    neutral = NEUTRAL.get(name, {})
+    return {
+        key: value
+        for key, value in section(config, name).items()
+        if key not in left_out and not (key in neutral and value == neutral[key])
+    }

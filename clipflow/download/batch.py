@@ -32,8 +32,10 @@ def download_batch(
     record: Path | str,
     threads: int,
     filtered: dict[str, dict[str, str]] | None = None,
-) -> None:
-    """Download each plan shard not yet complete, then write `record`, the batch's proof of completion.
+) -> list[str]:
+    """Download each plan shard not yet complete, then write `record`, the batch's proof of completion; returns
+    the shards downloaded now. The record names the shards and their files' sizes, nothing about this run, so a
+    rerun that keeps every shard writes the same record and nothing after it runs again.
 
     `options` holds what changes the shards (image size, timeout, ...); `threads` only sizes the work.
     `filtered` (download.subset) maps a shard to the keys of its rows left out and the filter that removed
@@ -41,7 +43,7 @@ def download_batch(
     another selection is downloaded again. A shard that fails does not stop the others; the batch fails at the
     end, naming it, and a rerun downloads only what is still missing.
     """
-    failed, done = {}, []
+    failed, downloaded = {}, []
     filtered = filtered or {}
     for plan_shard in map(Path, plan_shards):
         shard = plan_shard.stem
@@ -49,7 +51,6 @@ def download_batch(
         digest = settings_digest(options, kept_columns, left_out)
         if is_current(output_folder, shard, digest):
             log.info("shard %s is complete, kept", shard)
-            done.append({"shard": shard, "downloaded_now": False})
             continue
         try:
             download_shard(plan_shard, output_folder, options, kept_columns, threads, digest, left_out)
@@ -57,14 +58,18 @@ def download_batch(
             log.exception("shard %s failed", shard)
             failed[shard] = f"{type(error).__name__}: {error}"
             continue
-        done.append({"shard": shard, "downloaded_now": True})
+        downloaded.append(shard)
     if failed:
         raise ClipflowError(f"{len(failed)} of {len(plan_shards)} shards failed, rerun to retry them: {failed}")
-    written = [path for plan_shard in plan_shards for path in shards.shard_files(output_folder, Path(plan_shard).stem)]
-    files.write_json(record, {"shards": done, "file_sizes": files.sizes(written, relative_to=output_folder)})
+    names = [Path(plan_shard).stem for plan_shard in plan_shards]
+    written = [path for shard in names for path in shards.shard_files(output_folder, shard)]
+    files.write_json(record, {"shards": names, "file_sizes": files.sizes(written, relative_to=output_folder)})
+    return downloaded
 
 
 def settings_digest(options: dict, kept_columns: list[str], left_out: dict[str, str] | None = None) -> str:
+    # The subset's name is not in it: the shard's own selection (`left_out`) is.
+    options = {key: value for key, value in options.items() if key != "subset"}
     settings = {"options": options, "kept_columns": list(kept_columns)}
     if left_out:  # (a shard downloaded whole keeps the digest it had before subsets could be downloaded)
         settings["left_out"] = left_out

@@ -55,10 +55,10 @@ def fetch_shard(
     resizer = Resizer(
         image_size=options["image_size"],
         resize_mode=options["resize_mode"],
-        resize_only_if_bigger=options["resize_only_if_bigger"],
+        resize_only_if_bigger=options.get("resize_only_if_bigger", False),  # (clipflow.config.NEUTRAL)
         encode_quality=options["encode_quality"],
         encode_format="jpg",
-        blurrer=BoundingBoxBlurrer() if options["bbox_col"] else None,
+        blurrer=BoundingBoxBlurrer() if options.get("bbox_col") else None,
     )
     downloader = Downloader(
         sample_writer_class=WebDatasetSampleWriter,
@@ -78,7 +78,7 @@ def fetch_shard(
         retries=options["retries"],
         user_agent_token=options["user_agent_token"],
         disallowed_header_directives=options["disallowed_header_directives"] or None,
-        blurring_bbox_col=options["bbox_col"],
+        blurring_bbox_col=options.get("bbox_col"),
     )
     with _output_kept():
         downloader.download_shard((int(shard), str(arrow_input)))

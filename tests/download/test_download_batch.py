@@ -12,7 +12,7 @@ from PIL import Image
 
 from clipflow.config import load_config
 from clipflow.config import output_settings
-from clipflow.download.batch import download_batch
+from clipflow.download.batch import download_batch, settings_digest
 from clipflow.errors import ClipflowError
 from clipflow.shards import DamagedShard, ShardReader, verify_folder
 from clipflow.shards import is_complete as shard_is_complete
@@ -40,20 +40,17 @@ def test_failed_shard_fails_the_batch_and_only_it_is_downloaded_again(tmp_path, 
     kept_mtime = (shards / "00000000.tar").stat().st_mtime_ns
 
     healthy.write_bytes(healthy_bytes)
-    download_batch(plan_shards, shards, options, [], record, threads=4)
+    assert download_batch(plan_shards, shards, options, [], record, threads=4) == ["00000001"]
     assert shard_is_complete(shards, "00000001")
     assert (shards / "00000000.tar").stat().st_mtime_ns == kept_mtime
-    assert json.loads(record.read_text())["shards"] == [
-        {"shard": "00000000", "downloaded_now": False},
-        {"shard": "00000001", "downloaded_now": True},
-    ]
+    assert json.loads(record.read_text())["shards"] == ["00000000", "00000001"]
+    written = record.read_bytes()
+    assert download_batch(plan_shards, shards, options, [], record, threads=4) == []
+    assert record.read_bytes() == written  # a rerun that keeps every shard: the same record, nothing after reruns
 
     # Other output settings make the same shards out of date: the batch downloads them again.
-    download_batch(plan_shards, shards, {**options, "image_size": 64}, [], record, threads=4)
-    assert json.loads(record.read_text())["shards"] == [
-        {"shard": "00000000", "downloaded_now": True},
-        {"shard": "00000001", "downloaded_now": True},
-    ]
+    downloaded = download_batch(plan_shards, shards, {**options, "image_size": 64}, [], record, threads=4)
+    assert downloaded == ["00000000", "00000001"]
     with tarfile.open(shards / "00000000.tar") as tar:
         image = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
         assert Image.open(tar.extractfile(image)).size == (64, 64)
@@ -83,15 +80,13 @@ def test_a_damaged_shard_is_found_by_verify_and_downloaded_again_alone(tmp_path,
     assert list(damaged) == ["00000001"] and "sha256" in damaged["00000001"] and checked == 3
     assert not tar.exists() and not (shards / "00000001_stats.json").exists()
     kept = {n: (shards / f"0000000{n}.tar").stat().st_mtime_ns for n in (0, 2)}
-    download_batch(plan_shards, shards, options, [], record, threads=4)
-    assert [s["downloaded_now"] for s in json.loads(record.read_text())["shards"]] == [False, True, False]
+    assert download_batch(plan_shards, shards, options, [], record, threads=4) == ["00000001"]
     assert kept == {n: (shards / f"0000000{n}.tar").stat().st_mtime_ns for n in (0, 2)}
 
     os.truncate(tar, tar.stat().st_size - 512)  # cut short: the size tells, and the batch notices by itself
     with pytest.raises(DamagedShard, match=r"00000001.tar: damaged, \d+ bytes where \d+ were written"):
         ShardReader(shards).sample("00000001", "anything")
-    download_batch(plan_shards, shards, options, [], record, threads=4)
-    assert [s["downloaded_now"] for s in json.loads(record.read_text())["shards"]] == [False, True, False]
+    assert download_batch(plan_shards, shards, options, [], record, threads=4) == ["00000001"]
 
 
 def test_face_boxes_are_blurred_and_small_images_kept_as_datacomp_downloads(tmp_path, image_server):
@@ -134,3 +129,19 @@ def test_face_boxes_are_blurred_and_small_images_kept_as_datacomp_downloads(tmp_
     assert sharpness(blurred[quarter]) < 0.4 * sharpness(plain[quarter])
     far_corner = (slice(150, 240), slice(220, 320))  # outside the box and its margin
     assert abs(blurred[far_corner] - plain[far_corner]).mean() < 2
+
+
+def test_new_settings_at_their_old_behaviour_rerun_nothing(tmp_path):
+    """Settings added since the first release (resize_only_if_bigger, bbox_col, subset), at the values that do what
+    the download did before them, are in neither the rule's params nor the shards' digest: an upgraded finished
+    run reruns nothing. The subset's name is never in the digest (the shard's own selection is)."""
+    (tmp_path / "config.yaml").write_text("input: {paths: [unused.csv]}\n")
+    config = load_config(tmp_path / "config.yaml")
+    options = output_settings(config, "download")
+    assert not {"resize_only_if_bigger", "bbox_col", "subset"} & set(options)
+    config["download"].update(resize_only_if_bigger=True, subset="s")
+    changed = output_settings(config, "download")
+    assert changed["resize_only_if_bigger"] is True and changed["subset"] == "s"
+    assert settings_digest({**options, "subset": "other"}, []) == settings_digest(options, [])
+    assert settings_digest({**options, "resize_only_if_bigger": True}, []) != settings_digest(options, [])
+    assert settings_digest(options, [], {"0001": "clip"}) != settings_digest(options, [])

@@ -104,6 +104,7 @@ def participant(tmp_path_factory, image_server):
             "english": {"kind": "language"},
             "image": {"kind": "image_based", "centroids": "small_centroids.pt", "targets": IMAGENET_FILES},
             "text": {"kind": "text_synsets", "synsets": "imagenet21k_wordnet_ids.txt", "wordnet": "nltk_data"},
+            "dedup": {"kind": "semantic_dedup", "threshold": 0.95},
         }
     )
     config["curate"]["subsets"].update(
@@ -113,6 +114,7 @@ def participant(tmp_path_factory, image_server):
             "clip_score_l14_50pct": {"filters": ["clip"]},
             "laion2b": {"filters": ["laion_b32", "english"]},
             "text_based": {"filters": ["text"]},
+            "deduplicated": {"filters": ["dedup"]},
             "image_based": {"filters": ["image"]},
             "image_based_clip_score_l14_50pct": {"filters": ["clip", "image"]},
         }
@@ -200,6 +202,8 @@ def test_the_pool_is_every_metadata_row_with_its_precomputed_embeddings(particip
     assert pool["original_width"].tolist() == [metadata.set_index("uid").loc[u, "original_width"] for u in pool["uid"]]
     index_rows = pd.read_feather(workdir / "results/index/metadata.arrow")
     assert len(index_rows) == len(pool)  # the indices hold the whole pool, from metadata alone
+    dedup = pd.read_parquet(workdir / "results/curate/filters/dedup.parquet")  # semantic dedup over it too
+    assert dedup["key"].tolist() == pool["key"].tolist() and dedup["keep"].all()  # random vectors: all distinct
 
 
 def expected_subset(metadata: pd.DataFrame) -> set:

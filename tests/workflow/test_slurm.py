@@ -23,6 +23,7 @@ from conftest import REPO, free_port, small_run_config, write_config
 CLUSTER_SCRIPT = REPO / "tests/slurm/cluster.sh"
 DEMO_PORT = free_port()
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/logs/slurm/rule_(\w+)/(?:(\w+)/)?\d+\.log\)")
+SUBMITTED_ARRAY = re.compile(r"Submitted array job with Snakemake IDs \S+ and SLURM job ID (\d+)\.")
 
 
 CURATION_JOBS = [  # the demo config's curation, on CPU nodes
@@ -54,11 +55,18 @@ def write_demo_config(workdir: Path) -> None:
     write_config(workdir, small_run_config(DEMO_PORT))
 
 
-def submitted_jobs(output: str) -> dict[str, str]:
-    """SLURM job id -> rule[wildcards], from what snakemake printed."""
-    return {
+def submitted_jobs(output: str, workdir: Path) -> dict[str, str]:
+    """SLURM job id (<array>_<task> for an array's tasks) -> rule[wildcards], from what snakemake printed and,
+    for job arrays, whose line names neither, from each task's log."""
+    jobs = {
         job_id: rule + (f"[{wildcards}]" if wildcards else "") for job_id, rule, wildcards in SUBMITTED.findall(output)
     }
+    for array_id in SUBMITTED_ARRAY.findall(output):
+        for log in (workdir / "logs/slurm").glob(f"rule_*/{array_id}_*.log"):
+            # the task's own job, after the array's first job that the log shows first
+            wildcards = re.search(r"wildcards: \w+=(\S+)", log.read_text().split("localrule ", 1)[1]).group(1)
+            jobs[log.stem] = f"{log.parent.name.removeprefix('rule_')}[{wildcards}]"
+    return jobs
 
 
 def cluster_is_up() -> bool:
@@ -90,7 +98,8 @@ def slurm_run(cluster, tmp_path_factory):
 
 def test_workflow_runs_through_slurm(slurm_run):
     workdir, output = slurm_run
-    jobs = sorted(submitted_jobs(output).values())
+    submitted = submitted_jobs(output, workdir)
+    jobs = sorted(submitted.values())
     assert jobs == sorted(
         [
             "build_index[image]",
@@ -105,6 +114,9 @@ def test_workflow_runs_through_slurm(slurm_run):
             *CURATION_JOBS,
         ]
     )
+    # The profile submits download batches as one job array (embeddings too, where a wave holds more than one)
+    downloads = [job_id for job_id, job in submitted.items() if job.startswith("download_batch")]
+    assert len({job_id.split("_")[0] for job_id in downloads}) == 1 and all("_" in job_id for job_id in downloads)
     summary = yaml.safe_load((workdir / "results/summary/download.json").read_text())
     assert summary["input_rows"] == 42 and summary["downloaded"] > 30
     assert (workdir / "results/index/image.index").stat().st_size > 0
@@ -113,8 +125,8 @@ def test_workflow_runs_through_slurm(slurm_run):
 
 
 def test_only_embedding_jobs_ask_for_a_gpu(slurm_run):
-    _, output = slurm_run
-    for job_id, job in submitted_jobs(output).items():
+    workdir, output = slurm_run
+    for job_id, job in submitted_jobs(output, workdir).items():
         record = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
         asks_gpu = re.search(r"Tres\w*=\S*gpu", record) is not None
         assert asks_gpu == job.startswith("embed_chunk"), f"{job} (SLURM job {job_id}):\n{record}"
@@ -152,7 +164,7 @@ def test_cancelled_job_is_retried_to_the_same_results(slurm_run, tmp_path):
     assert cancelled, "no embedding job was seen running"
     assert run.returncode == 0, output[-5000:]
     assert f"SLURM-job '{cancelled}' failed, SLURM status is: 'CANCELLED'" in output
-    assert list(submitted_jobs(output).values()) == ["embed_chunk[00000000]"] * 2  # the job and its retry
+    assert list(submitted_jobs(output, workdir).values()) == ["embed_chunk[00000000]"] * 2  # the job and its retry
 
     clean, retried = embeddings(clean_workdir), embeddings(workdir)
     pd.testing.assert_frame_equal(clean["metadata"], retried["metadata"])
@@ -169,7 +181,7 @@ def test_deleted_shard_submits_only_its_jobs(slurm_run):
     result = snakemake_on_slurm(workdir, "--until", "build_index", "index_metadata", "summarize_downloads")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
-    assert sorted(submitted_jobs(output).values()) == [
+    assert sorted(submitted_jobs(output, workdir).values()) == [
         "build_index[image]",
         "build_index[text]",
         "download_batch[00000001]",

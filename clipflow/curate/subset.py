@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from clipflow.curate.filters.base import first_failures
 from clipflow.errors import ClipflowError
 
 UID = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -62,9 +63,7 @@ def removed_rows(pool: pd.DataFrame, keep: np.ndarray, filter_tables: dict[str, 
     """The rows a subset leaves out (shard, key) with the first filter, in the listed order, that removed each:
     what a download of just the subset accounts them as. Sorted by shard, so that a download job reads only its
     shards' row groups."""
-    first = pd.Series([None] * len(pool), dtype=object)
-    for name, table in reversed(filter_tables.items()):
-        first[~table["keep"].to_numpy()] = name
+    first = first_failures({name: ~table["keep"].to_numpy() for name, table in filter_tables.items()}, len(pool))
     removed = pd.DataFrame({"shard": pool["shard"], "key": pool["key"], "filter": first})[~keep]
     return removed.sort_values(["shard", "key"], kind="stable").reset_index(drop=True)
 

@@ -19,6 +19,15 @@ class Decision:
     info: dict = field(default_factory=dict)  # what the filter resolved (e.g. a threshold), for the record
 
 
+def first_failures(checks: dict, rows: int) -> pd.Series:
+    """Per row, the name of the first of `checks` (name -> bool array, True where the row fails it) that it
+    fails, in their order; None where it fails none."""
+    reason = pd.Series([None] * rows, dtype=object)
+    for name, failed in reversed(checks.items()):
+        reason[np.asarray(failed)] = name
+    return reason
+
+
 class Filter:
     kind: str = ""
     description: str = ""

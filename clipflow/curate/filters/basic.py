@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from clipflow.curate.filters.base import Decision, Filter
+from clipflow.curate.filters.base import Decision, Filter, first_failures
 from clipflow.shards import SIZE_COLUMNS
 
 
@@ -55,13 +55,16 @@ def basic_filter(pool: pd.DataFrame, options: dict) -> tuple[np.ndarray, pd.Seri
         "image too small": ~(np.minimum(width, height) >= options["min_side"]),
         "aspect ratio too large": ~(np.maximum(width / height, height / width) <= options["max_aspect_ratio"]),
     }
-    if options["languages"]:
-        languages = caption_languages(captions, options["language_model"])
-        checks["not in " + "/".join(options["languages"])] = ~np.isin(languages, options["languages"])
-    reason = pd.Series([None] * len(pool), dtype=object)
-    for name, failed in reversed(checks.items()):  # the first failing check is the one reported
-        reason[np.asarray(failed)] = name
+    reason = first_failures({**checks, **language_checks(captions, options)}, len(pool))
     return reason.isna().to_numpy(), reason
+
+
+def language_checks(captions: pd.Series, options: dict) -> dict[str, np.ndarray]:
+    """LANGUAGE_OPTIONS' check, by its reason (True where a caption fails it); none when `languages` is []."""
+    if not options["languages"]:
+        return {}
+    found = caption_languages(captions, options["language_model"])
+    return {"not in " + "/".join(options["languages"]): ~np.isin(found, options["languages"])}
 
 
 class Basic(Filter):

@@ -10,10 +10,9 @@ The pool's image embeddings must be ViT-L-14's, as with `embed.precomputed: {ima
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from clipflow.curate.filters.base import Decision, Filter
-from clipflow.curate.filters.basic import LANGUAGE_OPTIONS, caption_languages, language_model_files
+from clipflow.curate.filters.base import Decision, Filter, first_failures
+from clipflow.curate.filters.basic import LANGUAGE_OPTIONS, language_checks, language_model_files
 from clipflow.errors import ClipflowError
 
 BATCH = 65_536  # rows compared with the centroids at once: 65,536 x centroids float32
@@ -82,9 +81,7 @@ class ImageBased(Filter):
             "caption of one word": (captions.str.split().str.len() <= 1).to_numpy(),
             "caption too short": (captions.str.len() <= 5).to_numpy(),
         }
-        if self.options["languages"]:
-            languages = caption_languages(captions, self.options["language_model"])
-            checks["not in " + "/".join(self.options["languages"])] = ~np.isin(languages, self.options["languages"])
+        checks.update(language_checks(captions, self.options))
         if embeddings and embeddings[0].shape[1] != centroids.shape[1]:
             raise ClipflowError(
                 f"image_based filter: the pool's image embeddings are {embeddings[0].shape[1]}-d and the centroids "
@@ -92,8 +89,6 @@ class ImageBased(Filter):
             )
         clusters = np.concatenate([nearest(part, centroids) for part in embeddings]) if embeddings else np.zeros(0)
         checks["image far from ImageNet"] = ~np.isin(clusters, chosen)
-        reason = pd.Series([None] * len(pool), dtype=object)
-        for name, failed in reversed(checks.items()):
-            reason[failed] = name
+        reason = first_failures(checks, len(pool))
         info = {"clusters": len(centroids), "imagenet_clusters": len(chosen)}
         return Decision(reason.isna().to_numpy(), reason, info)

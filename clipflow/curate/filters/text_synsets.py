@@ -9,11 +9,10 @@ corpora/wordnet (what `nltk.download("wordnet", download_dir=...)` writes).
 import functools
 import warnings
 
-import numpy as np
 import pandas as pd
 
 from clipflow.curate.filters.base import Decision, Filter
-from clipflow.curate.filters.basic import LANGUAGE_OPTIONS, caption_languages, language_model_files
+from clipflow.curate.filters.basic import LANGUAGE_OPTIONS, language_checks, language_model_files
 from clipflow.errors import ClipflowError
 
 
@@ -85,7 +84,6 @@ class TextSynsets(Filter):
             pool["caption"], read_synset_ids(self.options["synsets"]), load_wordnet(self.options["wordnet"])
         )
         keep = matched.notna().to_numpy()
-        if self.options["languages"]:
-            languages = caption_languages(pool["caption"], self.options["language_model"])
-            keep &= np.isin(languages, self.options["languages"])
+        for failed in language_checks(pool["caption"].fillna(""), self.options).values():
+            keep &= ~failed
         return Decision(keep, matched)

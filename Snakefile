@@ -19,6 +19,8 @@ include: "rules/download.smk"
 include: "rules/embed.smk"
 include: "rules/index.smk"
 include: "rules/curate.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 

@@ -23,6 +23,8 @@ SIZING = {
     "index": ("mem_mb",),
     "curate": ("mem_mb",),
     "curate.reshard": ("processes", "mem_mb"),
+    "train": ("gpus", "workers", "mem_mb", "runtime"),
+    "evaluate": ("batch_size", "mem_mb"),
 }
 # Settings that group shards into jobs: changing one regroups those jobs, which then run again.
 GROUPING = {"download": ("shards_per_job",), "embed": ("shards_per_job",)}
@@ -129,10 +131,32 @@ def check_across_keys(config: dict) -> None:
         raise ClipflowError(
             f"download.subset names {subset!r}, not in curate.subsets ({sorted(config['curate']['subsets'])})"
         )
+    check_training(config)
     if subset and not precomputed:
         raise ClipflowError(
             "download.subset needs embed.precomputed: a subset is chosen before the download only from embeddings "
             "that come with the metadata (DataComp's .npz)"
+        )
+
+
+def check_training(config: dict) -> None:
+    from clipflow.evaluate.holdout import HELD_OUT
+
+    subsets = config["curate"]["subsets"]
+    for name in config["train"]["subsets"]:
+        if name not in subsets:
+            raise ClipflowError(f"train.subsets names {name!r}, not in curate.subsets ({sorted(subsets)})")
+        if not subsets[name]["reshard"]:
+            raise ClipflowError(
+                f"train.subsets: {name!r} needs reshard: true in curate.subsets.{name} (training reads its shards)"
+            )
+    if config["train"]["subsets"] and HELD_OUT in config["curate"]["filters"]:
+        raise ClipflowError(f"curate.filters: {HELD_OUT!r} names the evaluation's held-out slice; rename the filter")
+    model_config = config["train"]["model_config"]
+    if model_config and config["train"]["model"] != Path(model_config).stem:
+        raise ClipflowError(
+            f"train.model_config: open_clip names the model in {model_config} {Path(model_config).stem!r}: set "
+            "train.model to that name"
         )
 
 

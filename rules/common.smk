@@ -8,6 +8,7 @@ from clipflow.embed import SHARD_FILES
 from clipflow.embed.heads import RATINGS
 from clipflow.errors import ClipflowError
 from clipflow.shards import SUFFIXES
+from clipflow.train.hyperparameters import hyperparameters
 from clipflow.workflow import consecutive, reopen_incomplete, workflow_plan
 
 PLAN_DIR = "results/plan"
@@ -19,6 +20,10 @@ MODEL_MANIFEST = "results/model.json"
 CURATE_DIR = "results/curate"
 AESTHETIC_DIR = f"{CURATE_DIR}/aesthetic_embeddings"
 SUBSETS_DIR = f"{CURATE_DIR}/subsets"
+TRAIN_DIR = "results/train"
+EVALUATE_DIR = "results/evaluate"
+HOLDOUT_DIR = f"{EVALUATE_DIR}/holdout"
+HOLDOUT_FILES = ["dataset_type.txt", "test/nshards.txt", "test/0.tar", "samples.parquet"]
 BENCHMARKS_DIR = "benchmarks"
 
 
@@ -39,6 +44,7 @@ def checked(step, *args):
 
 
 checked(validate_config, config)
+TRAINING = checked(hyperparameters, config["train"])
 PLAN = checked(workflow_plan, config, PLAN_DIR, DEMO_DIR, workflow.is_main_process)
 # Downloads and embeddings run a job per batch or chunk of consecutive shards: the DAG stays small
 # at scale, and an embedding job loads the model once for many shards.
@@ -152,6 +158,34 @@ def subset_filter_outputs(wildcards, extension):
     return expand(f"{CURATE_DIR}/filters/{{name}}.{extension}", name=names)
 
 
+def held_out_rows(wildcards):
+    """While any subset trains, the evaluation's held-out rows: every subset leaves them out."""
+    return {"held_out": f"{EVALUATE_DIR}/held_out.parquet"} if config["train"]["subsets"] else {}
+
+
+def model_config_file(wildcards):
+    path = config["train"]["model_config"]
+    return {"model_config": path} if path else {}
+
+
+def reshard_record(wildcards):
+    return f"{SUBSETS_DIR}/{wildcards.subset}/shards/reshard.json"
+
+
+def evaluation_outputs():
+    subsets = config["train"]["subsets"]
+    if not subsets:
+        return []
+    return expand(
+        f"{TRAIN_DIR}/{{subset}}/{{name}}",
+        subset=subsets,
+        name=["checkpoint.pt", "provenance.json"],
+    ) + [
+        f"{EVALUATE_DIR}/compare.tsv",
+        f"{EVALUATE_DIR}/compare.png",
+    ]
+
+
 def benchmarks():
     """Measured time and peak memory of every heavy job, for sizing mem_mb and runtime."""
     return (
@@ -201,4 +235,5 @@ def get_final_outputs():
         *index,
         *summaries,
         *curation_outputs(),
+        *evaluation_outputs(),
     ]

@@ -74,6 +74,7 @@ rule curate_filter:
 
 rule curate_subset:
     input:
+        unpack(held_out_rows),
         pool=f"{CURATE_DIR}/pool.parquet",
         tables=lambda wildcards: subset_filter_outputs(wildcards, "parquet"),
         infos=lambda wildcards: subset_filter_outputs(wildcards, "json"),

@@ -7,6 +7,7 @@ import pandas as pd
 from clipflow import files
 from clipflow.curate.plots import plot_examples, plot_filter_effects, plot_score_cut
 from clipflow.curate.subset import REMOVED_ROW_GROUP, combine, examples, removed_rows, uid_array
+from clipflow.evaluate.holdout import HELD_OUT
 from clipflow.logs import redirect_to_log
 from clipflow.shards import ShardReader
 
@@ -15,6 +16,8 @@ with redirect_to_log(snakemake.log[0]):
     names = snakemake.params.filters
     tables = {name: pd.read_parquet(path) for name, path in zip(names, snakemake.input.tables)}
     infos = {name: json.loads(Path(path).read_text()) for name, path in zip(names, snakemake.input.infos)}
+    if "held_out" in snakemake.input.keys():  # while models train, the evaluation's rows go first
+        tables = {HELD_OUT: pd.read_parquet(snakemake.input.held_out), **tables}
     keep, summary = combine(pool, tables)
     summary["filter_options"] = {name: info["options"] for name, info in infos.items()}
     thresholds = {name: info["threshold"] for name, info in infos.items() if info.get("threshold") is not None}

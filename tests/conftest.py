@@ -207,6 +207,7 @@ def small_run_config(port: int) -> dict:
     """The tests' small demo run (.test/config/config.yaml), its image server on `port`."""
     config = yaml.safe_load((REPO / ".test/config/config.yaml").read_text())
     config["demo"]["port"] = port
+    config["train"]["model_config"] = str(REPO / config["train"]["model_config"])
     return config
 
 

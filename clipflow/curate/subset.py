@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 
 from clipflow.curate.filters.base import first_failures
 from clipflow.errors import ClipflowError
+from clipflow.evaluate.holdout import HELD_OUT
 
 UID = re.compile(r"^[0-9a-fA-F]{32}$")
 # removed.parquet's row groups: a download job reads the groups whose shard range meets its shards (~4 MB each)
@@ -61,10 +62,12 @@ def removed_for(removed_path, shards: list[str]) -> dict[str, dict[str, str]]:
 
 def removed_rows(pool: pd.DataFrame, keep: np.ndarray, filter_tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The rows a subset leaves out (shard, key) with the first filter, in the listed order, that removed each:
-    what a download of just the subset accounts them as. Sorted by shard, so that a download job reads only its
-    shards' row groups."""
+    what a download of just the subset accounts them as. Held-out rows are not among them: the evaluation downloads
+    them. Sorted by shard, so that a download job reads only its shards' row groups."""
     first = first_failures({name: ~table["keep"].to_numpy() for name, table in filter_tables.items()}, len(pool))
-    removed = pd.DataFrame({"shard": pool["shard"], "key": pool["key"], "filter": first})[~keep]
+    removed = pd.DataFrame({"shard": pool["shard"], "key": pool["key"], "filter": first})[
+        ~keep & (first != HELD_OUT).to_numpy()
+    ]
     return removed.sort_values(["shard", "key"], kind="stable").reset_index(drop=True)
 
 

@@ -194,6 +194,11 @@ def benchmarks():
         + expand(f"{BENCHMARKS_DIR}/index/{{modality}}.tsv", modality=["image", "text"])
         + expand(f"{BENCHMARKS_DIR}/curate/filter_{{name}}.tsv", name=config["curate"]["filters"])
         + expand(f"{BENCHMARKS_DIR}/curate/reshard_{{subset}}.tsv", subset=resharded_subsets())
+        + expand(
+            f"{BENCHMARKS_DIR}/{{step}}/{{subset}}.tsv",
+            step=["train", "evaluate"],
+            subset=config["train"]["subsets"],
+        )
     )
 
 

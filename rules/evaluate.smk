@@ -63,7 +63,11 @@ rule evaluate:
         "../scripts/evaluate_model.py"
 
 
-# The subsets side by side: size, filters, training and scores.
+# The subsets side by side: size, filters, training and scores. A small table, made where Snakemake runs.
+localrules:
+    compare_subsets,
+
+
 rule compare_subsets:
     input:
         scores=expand(f"{EVALUATE_DIR}/{{subset}}.json", subset=config["train"]["subsets"]),

@@ -17,7 +17,10 @@ HOLDOUT_TASK = "holdout_retrieval"
 
 
 def holdout_task(folder: Path | str) -> dict:
-    return {"dataset": "wds/holdout", "root": str(folder), "task": "zeroshot_retrieval"}
+    """The held-out slice as a retrieval task: recall@k for each k below its size (torch.topk needs k <= size)."""
+    samples = len(pd.read_parquet(Path(folder) / "samples.parquet", columns=["key"]))
+    recall_k = [k for k in RECALL_K if k <= samples]
+    return {"dataset": "wds/holdout", "root": str(folder), "task": "zeroshot_retrieval", "recall_k": recall_k}
 
 
 def run_task(model: str, checkpoint, task: dict, model_config: str | None, batch_size: int) -> dict:
@@ -28,7 +31,7 @@ def run_task(model: str, checkpoint, task: dict, model_config: str | None, batch
         command = [sys.executable, *launcher("benchmark", model_config), "eval", "--model", model]
         command += ["--pretrained", str(checkpoint), "--dataset", task["dataset"], "--dataset_root", task["root"]]
         command += ["--task", task["task"], "--output", str(output), "--batch_size", str(batch_size)]
-        command += ["--num_workers", "0", "--recall_k", *map(str, RECALL_K)]
+        command += ["--num_workers", "0", "--recall_k", *map(str, task.get("recall_k", RECALL_K))]
         print(" ".join(command), flush=True)
         result = subprocess.run(command, stdout=sys.stdout, stderr=subprocess.STDOUT)
         if result.returncode != 0 or not output.exists():

@@ -20,7 +20,11 @@ CURATION = [
     "curate_subset[round_shapes]",
     "reshard[clip_basic_dedup]",
 ]
-EVERYTHING_AFTER_DOWNLOAD = [*EMBEDDINGS, *INDICES, "index_metadata", *CURATION, "summarize_benchmarks", "all"]
+TRAINING = ["train[clip_basic_dedup]", "evaluate[clip_basic_dedup]", "compare_subsets"]
+HOLDOUT = ["held_out_rows", "holdout_dataset"]
+EVERYTHING_AFTER_DOWNLOAD = [
+    *EMBEDDINGS, *INDICES, "index_metadata", *CURATION, *HOLDOUT, *TRAINING, "summarize_benchmarks", "all"
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +94,30 @@ def test_every_sizing_setting_changed_at_once_reruns_nothing(finished_run):
                 "curate_filter[clip_top_half]",
                 "curate_subset[clip_basic_dedup]",
                 "reshard[clip_basic_dedup]",
+                *TRAINING,
                 "summarize_benchmarks",
                 "all",
             ],
         ),
-        ("curate.reshard.samples_per_shard", 7, ["reshard[clip_basic_dedup]", "summarize_benchmarks", "all"]),
+        (
+            "curate.reshard.samples_per_shard",
+            7,
+            ["reshard[clip_basic_dedup]", *TRAINING, "summarize_benchmarks", "all"],
+        ),
+        ("train.lr", 0.002, [*TRAINING, "summarize_benchmarks", "all"]),
+        (
+            "evaluate.holdout_fraction",
+            0.3,
+            [
+                *HOLDOUT,
+                "curate_subset[clip_basic_dedup]",
+                "curate_subset[round_shapes]",
+                "reshard[clip_basic_dedup]",
+                *TRAINING,
+                "summarize_benchmarks",
+                "all",
+            ],
+        ),
     ],
 )
 def test_an_output_setting_reruns_exactly_its_dependent_jobs(finished_run, key, value, expected):

@@ -35,7 +35,10 @@ CURATION_JOBS = [  # the demo config's curation, on CPU nodes
     "curate_subset[clip_basic_dedup]",
     "curate_subset[round_shapes]",
     "reshard[clip_basic_dedup]",
+    "held_out_rows",
+    "holdout_dataset",
 ]
+GPU_JOBS = ("embed_chunk", "train", "evaluate")  # the profile's embed_chunk: gpu, the train and evaluate rules' own
 
 
 def snakemake_on_slurm(workdir: Path, *args: str, env=None, background=False):
@@ -112,6 +115,8 @@ def test_workflow_runs_through_slurm(slurm_run):
             "summarize_downloads",
             "summarize_embeddings",
             *CURATION_JOBS,
+            "train[clip_basic_dedup]",
+            "evaluate[clip_basic_dedup]",
         ]
     )
     # The profile submits download batches as one job array (embeddings too, where a wave holds more than one)
@@ -124,12 +129,12 @@ def test_workflow_runs_through_slurm(slurm_run):
     assert logs and "embed_chunk" in logs[0].read_text()
 
 
-def test_only_embedding_jobs_ask_for_a_gpu(slurm_run):
+def test_only_embedding_training_and_evaluation_jobs_ask_for_a_gpu(slurm_run):
     workdir, output = slurm_run
     for job_id, job in submitted_jobs(output, workdir).items():
         record = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
         asks_gpu = re.search(r"Tres\w*=\S*gpu", record) is not None
-        assert asks_gpu == job.startswith("embed_chunk"), f"{job} (SLURM job {job_id}):\n{record}"
+        assert asks_gpu == job.startswith(GPU_JOBS), f"{job} (SLURM job {job_id}):\n{record}"
 
 
 def embeddings(workdir: Path) -> dict:

@@ -6,6 +6,12 @@ import os
 import sys
 
 from clipflow.errors import ClipflowError
+from clipflow.index.vectors import RERANK_FACTOR
+
+RERANK_HELP = (
+    "an approximate index is searched for this many times k candidates, ordered by exact similarity to the stored "
+    "embeddings (1: no re-ranking)"
+)
 
 
 def _plan(args) -> None:
@@ -23,7 +29,7 @@ def _plan(args) -> None:
 def _query(args) -> None:
     from clipflow.search.query import format_results, run_query
 
-    results = run_query(args.index, args.text, args.image, args.modality, args.k)
+    results = run_query(args.index, args.text, args.image, args.modality, args.k, args.rerank_factor)
     print(format_results(results, args.format))
 
 
@@ -31,7 +37,15 @@ def _filter(args) -> None:
     from clipflow.search.export import filter_index
 
     counts = filter_index(
-        args.index, args.shards, args.output, args.text, args.image, args.modality, args.k, args.threshold
+        args.index,
+        args.shards,
+        args.output,
+        args.text,
+        args.image,
+        args.modality,
+        args.k,
+        args.threshold,
+        args.rerank_factor,
     )
     print(
         f"{counts['matches']} matches written to {args.output}/matches.parquet, "
@@ -88,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     query.add_argument("--modality", choices=["image", "text"], default="image", help="which embeddings to search")
     query.add_argument("-k", type=int, default=10, help="how many results")
     query.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
+    query.add_argument("--rerank-factor", type=int, default=RERANK_FACTOR, help=RERANK_HELP)
     query.set_defaults(run=_query)
 
     export = commands.add_parser("filter", help="export the samples matching a query: parquet and images")
@@ -99,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("-k", type=int, help="at most this many matches")
     export.add_argument("--threshold", type=float, help="only matches with at least this similarity")
     export.add_argument("--output", required=True, help="folder for matches.parquet and images/")
+    export.add_argument("--rerank-factor", type=int, default=RERANK_FACTOR, help=RERANK_HELP)
     export.set_defaults(run=_filter)
 
     serve = commands.add_parser("serve", help="clip-retrieval's back-end HTTP API and a search page")

@@ -228,7 +228,15 @@ def get_final_outputs():
     # Batch and chunk records are asked for directly: Snakemake 9 does not rebuild a deleted
     # intermediate whose consumers are up to date.
     index = expand(
-        f"{INDEX_DIR}/{{name}}", name=["image.index", "text.index", "metadata.arrow", "model.json"]
+        f"{INDEX_DIR}/{{name}}",
+        name=[
+            "image.index",
+            "text.index",
+            "metadata.arrow",
+            "model.json",
+            "image.vectors.json",
+            "text.vectors.json",
+        ],
     )
     summaries = expand(
         "results/summary/{name}",

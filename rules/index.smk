@@ -21,6 +21,25 @@ rule build_index:
         "../scripts/build_index.py"
 
 
+# The stored fp16 embeddings behind each index, in id order: what searches re-rank their candidates with.
+rule index_vectors:
+    input:
+        chunks=all_chunk_records(),
+    output:
+        manifest=f"{INDEX_DIR}/{{modality}}.vectors.json",
+    log:
+        "logs/index/vectors_{modality}.log",
+    conda:
+        "../envs/index.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        embeddings=lambda wildcards: shard_embeddings(wildcards.modality),
+    script:
+        "../scripts/index_vectors.py"
+
+
 rule index_metadata:
     input:
         chunks=all_chunk_records(),

@@ -1,8 +1,12 @@
-"""The index folder: image.index, text.index, metadata.arrow and model.json, written by the workflow
-and read by query, filter, serve and the notebook.
+"""The index folder: image.index, text.index, metadata.arrow, model.json and {image,text}.vectors.json, written by
+the workflow and read by query, filter, serve and the notebook.
 
 The faiss indices are memory-mapped where their type allows it and the metadata is an Arrow IPC file
 read through a memory map, so opening a large index costs little time or RAM; rows are taken by id.
+
+An approximate index is searched for `rerank_factor` times the hits asked for, which are then ordered by their
+exact inner products with the stored fp16 embeddings (clipflow.index.vectors): the exact top k whenever the
+candidates hold it.
 """
 
 from pathlib import Path
@@ -15,6 +19,7 @@ import pyarrow.parquet as pq
 
 from clipflow import files
 from clipflow.errors import ClipflowError
+from clipflow.index.vectors import RERANK_FACTOR, StoredVectors
 
 MODALITIES = ("image", "text")
 RESULT_COLUMNS = ("uid", "url", "caption")
@@ -37,8 +42,11 @@ def _read_index(path: Path) -> faiss.Index:
 
 
 class ClipIndex:
-    def __init__(self, folder: Path | str):
+    def __init__(self, folder: Path | str, rerank_factor: int = RERANK_FACTOR):
+        if not isinstance(rerank_factor, int) or rerank_factor < 1:
+            raise ClipflowError(f"rerank_factor must be a whole number of 1 or more, not {rerank_factor!r}")
         self.folder = Path(folder)
+        self.rerank_factor = rerank_factor
         missing = [name for name in ("metadata.arrow", "model.json") if not (self.folder / name).exists()]
         if not self.folder.is_dir() or missing:
             raise ClipflowError(
@@ -50,6 +58,7 @@ class ClipIndex:
         self._batch_starts = np.cumsum([0] + [batch.num_rows for batch in self._batches])
         self.model_manifest = self.folder / "model.json"
         self._indices = {}
+        self._stored = {}
 
     def index(self, modality: str) -> faiss.Index:
         if modality not in MODALITIES:
@@ -65,11 +74,44 @@ class ClipIndex:
                 )
         return self._indices[modality]
 
+    def stored(self, modality: str) -> StoredVectors | None:
+        """The stored embeddings behind the index (None for an index folder written before they were listed)."""
+        if modality not in self._stored:
+            manifest = self.folder / f"{modality}.vectors.json"
+            stored = StoredVectors(self.folder, manifest) if manifest.exists() else None
+            if stored is not None and len(stored) != self.metadata.num_rows:
+                raise ClipflowError(f"{manifest}: {len(stored)} vectors for {self.metadata.num_rows} metadata rows")
+            self._stored[modality] = stored
+        return self._stored[modality]
+
+    def reranks(self, modality: str) -> bool:
+        exact = isinstance(self.index(modality), faiss.IndexFlat)
+        return self.rerank_factor > 1 and not exact and self.stored(modality) is not None
+
     def search(self, vectors: np.ndarray, modality: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Similarities and ids (best first) for each query vector; ids of -1 mean fewer than k hits."""
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
-        return self.index(modality).search(vectors, k)
+        if not self.reranks(modality):
+            return self.index(modality).search(vectors, k)
+        _, candidates = self.index(modality).search(vectors, k * self.rerank_factor)
+        return self._rerank(vectors, candidates, self.stored(modality), k)
+
+    @staticmethod
+    def _rerank(vectors: np.ndarray, candidates: np.ndarray, stored: StoredVectors, k: int) -> tuple:
+        similarities = np.full((len(vectors), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(vectors), k), -1, dtype=np.int64)
+        unique, positions = np.unique(candidates[candidates >= 0], return_inverse=True)
+        exact = stored.take(unique) if len(unique) else np.empty((0, vectors.shape[1]), dtype=np.float32)
+        at = np.full(candidates.shape, -1, dtype=np.int64)
+        at[candidates >= 0] = positions
+        for query, vector in enumerate(vectors):
+            found = at[query][at[query] >= 0]
+            scores = exact[found] @ vector
+            best = np.argsort(-scores, kind="stable")[:k]
+            similarities[query, : len(best)] = scores[best]
+            ids[query, : len(best)] = unique[found[best]]
+        return similarities, ids
 
     def rows(self, ids) -> list[dict]:
         ids = np.asarray(ids, dtype=np.int64)
@@ -88,8 +130,14 @@ class ClipIndex:
                 raise ClipflowError(f"search_params {params!r}: {error}") from None
 
     def vectors(self, modality: str, ids: np.ndarray) -> np.ndarray:
-        """The stored vectors of `ids`, normalized (an approximate index returns approximations)."""
-        vectors = self.index(modality).reconstruct_batch(np.asarray(ids, dtype=np.int64)).astype(np.float32)
+        """The vectors of `ids`, normalized: the stored embeddings where listed, else what the index holds (an
+        approximate index returns approximations)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        stored = self.stored(modality)
+        if stored is not None and len(ids):
+            vectors = stored.take(ids)
+        else:
+            vectors = self.index(modality).reconstruct_batch(ids).astype(np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
 
 

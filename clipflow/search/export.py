@@ -13,6 +13,7 @@ import pandas as pd
 from clipflow.errors import ClipflowError
 from clipflow.search.query import encode_query
 from clipflow.index.folder import ClipIndex
+from clipflow.index.vectors import RERANK_FACTOR
 from clipflow.shards import ShardReader
 
 
@@ -32,11 +33,19 @@ def _search_above(index: ClipIndex, vector, modality: str, threshold: float, lim
 
 
 def filter_index(
-    index_folder, shards_folder, output, text=None, image=None, modality="image", k=None, threshold=None
+    index_folder,
+    shards_folder,
+    output,
+    text=None,
+    image=None,
+    modality="image",
+    k=None,
+    threshold=None,
+    rerank_factor=RERANK_FACTOR,
 ) -> dict:
     if k is None and threshold is None:
         raise ClipflowError("give -k, --threshold, or both")
-    index = ClipIndex(index_folder)
+    index = ClipIndex(index_folder, rerank_factor)
     index.index(modality)
     output = Path(output)
     vector = encode_query(index, text, image)

@@ -10,6 +10,7 @@ from PIL import Image
 
 from clipflow.errors import ClipflowError
 from clipflow.index.folder import ClipIndex
+from clipflow.index.vectors import RERANK_FACTOR
 
 OUTPUT_COLUMNS = ("rank", "similarity", "id", "uid", "url", "caption")
 
@@ -41,8 +42,10 @@ def encode_query(index: ClipIndex, text: str | None, image: str | None) -> np.nd
     return model.encode_texts(model.tokenizer([text])).cpu().numpy()
 
 
-def run_query(index_folder, text: str | None, image: str | None, modality: str, k: int) -> list[dict]:
-    index = ClipIndex(index_folder)
+def run_query(
+    index_folder, text: str | None, image: str | None, modality: str, k: int, rerank_factor: int = RERANK_FACTOR
+) -> list[dict]:
+    index = ClipIndex(index_folder, rerank_factor)
     index.index(modality)
     similarities, ids = index.search(encode_query(index, text, image), modality, k)
     found = ids[0] >= 0

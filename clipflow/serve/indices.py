@@ -10,6 +10,7 @@ import numpy as np
 from clipflow.embed.heads import RATINGS, SAFETY, UNSAFE_ABOVE, Head, load_head, unsafe_probability
 from clipflow.errors import ClipflowError
 from clipflow.index.folder import MODALITIES, ClipIndex, single_threaded_search
+from clipflow.index.vectors import RERANK_FACTOR
 from clipflow.serve.batcher import MicroBatcher
 from clipflow.serve.encoders import Encoder, ImageDecoder
 from clipflow.serve.limits import Limits
@@ -30,11 +31,10 @@ class ServedIndex:
 
     def searcher(self, modality: str, max_batch: int) -> MicroBatcher:
         if modality not in self.searchers:
-            faiss_index = self.index.index(modality)
 
             def search(queries):
                 vectors = np.stack([vector for vector, _ in queries]).astype(np.float32)
-                similarities, ids = faiss_index.search(vectors, max(k for _, k in queries))
+                similarities, ids = self.index.search(vectors, modality, max(k for _, k in queries))
                 return [(s[:k], i[:k]) for (_, k), s, i in zip(queries, similarities, ids)]
 
             self.searchers[modality] = MicroBatcher(
@@ -57,7 +57,8 @@ class ServedIndex:
 
 def load_indices(indices_json: Path | str, limits: Limits) -> dict[str, ServedIndex]:
     """indices.json: {"name": {"index": "results/index", "shards": "results/shards", ...}}, paths relative to it.
-    Optional keys: shards, search_params (faiss ParameterSpace syntax, as autofaiss's index_param),
+    Optional keys: shards, search_params (faiss ParameterSpace syntax, as autofaiss's index_param), rerank_factor
+    (candidates per result that an approximate index returns for exact re-ranking; 1 turns it off),
     aesthetic_embeddings (a folder of clip-retrieval's rating0.npy .. rating9.npy) and safety_model (the NSFW
     detector's weights, see clipflow.embed.heads).
     """
@@ -74,10 +75,20 @@ def load_indices(indices_json: Path | str, limits: Limits) -> dict[str, ServedIn
     for name, entry in spec.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("index"), str):
             raise ClipflowError(f'{path}: index {name!r} needs {{"index": FOLDER}} (and optionally "shards")')
-        unknown = set(entry) - {"index", "shards", "search_params", "aesthetic_embeddings", "safety_model"}
+        unknown = set(entry) - {
+            "index",
+            "shards",
+            "search_params",
+            "rerank_factor",
+            "aesthetic_embeddings",
+            "safety_model",
+        }
         if unknown:
             raise ClipflowError(f"{path}: index {name!r} has unknown keys {sorted(unknown)}")
-        index = ClipIndex(path.parent / entry["index"])
+        try:
+            index = ClipIndex(path.parent / entry["index"], entry.get("rerank_factor", RERANK_FACTOR))
+        except ClipflowError as error:
+            raise ClipflowError(f"{path}: index {name!r}: {error}") from None
         for modality in MODALITIES:
             index.index(modality)  # fail at start, not at the first query
         if entry.get("search_params"):

@@ -13,6 +13,7 @@ from conftest import free_port, planned_jobs, run_snakemake, small_run_config, w
 DOWNLOADS = ["download_batch[00000000]", "download_batch[00000001]", "summarize_downloads"]
 EMBEDDINGS = ["embed_chunk[00000000]", "summarize_embeddings"]
 INDICES = ["build_index[image]", "build_index[text]"]
+INDEX_VECTORS = ["index_vectors[image]", "index_vectors[text]"]
 CURATION = [
     "curate_pool",
     *(f"curate_filter[{name}]" for name in ("basic", "clip_top_half", "near_duplicates", "round_shapes")),
@@ -23,7 +24,8 @@ CURATION = [
 TRAINING = ["train[clip_basic_dedup]", "evaluate[clip_basic_dedup]", "compare_subsets"]
 HOLDOUT = ["held_out_rows", "holdout_dataset"]
 EVERYTHING_AFTER_DOWNLOAD = [
-    *EMBEDDINGS, *INDICES, "index_metadata", *CURATION, *HOLDOUT, *TRAINING, "summarize_benchmarks", "all"
+    *EMBEDDINGS, *INDICES, *INDEX_VECTORS, "index_metadata", *CURATION, *HOLDOUT, *TRAINING, "summarize_benchmarks",
+    "all",
 ]  # fmt: skip
 
 

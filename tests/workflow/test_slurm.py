@@ -107,6 +107,8 @@ def test_workflow_runs_through_slurm(slurm_run):
         [
             "build_index[image]",
             "build_index[text]",
+            "index_vectors[image]",
+            "index_vectors[text]",
             "download_batch[00000000]",
             "download_batch[00000001]",
             "embed_chunk[00000000]",

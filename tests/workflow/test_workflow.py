@@ -244,6 +244,9 @@ def test_exact_index_matches_brute_force(workflow_run):
     brute = queries @ image.astype(np.float32).T
     assert ids.tolist() == np.argsort(-brute, axis=1)[:, :k].tolist()
     assert np.allclose(similarities, np.sort(brute, axis=1)[:, ::-1][:, :k], atol=1e-5)
+    # the index folder lists the stored embeddings behind it, in id order; a flat index has nothing to re-rank
+    np.testing.assert_array_equal(index.stored("image").take(np.arange(len(image))), image.astype(np.float32))
+    assert not index.reranks("image")
 
 
 def clipflow_cli(*args, cwd):
@@ -290,6 +293,8 @@ def test_deleting_one_chunks_embeddings_reruns_it_and_the_index_only(workflow_ru
         "build_index[text]",
         "embed_chunk[00000002]",
         "index_metadata",
+        "index_vectors[image]",
+        "index_vectors[text]",
         "summarize_benchmarks",
         "summarize_embeddings",
     ]
@@ -349,6 +354,8 @@ def test_a_truncated_tar_is_found_and_downloaded_again_alone(workflow_run):
         "download_batch[00000000]",
         "embed_chunk[00000000]",
         "index_metadata",
+        "index_vectors[image]",
+        "index_vectors[text]",
         "summarize_benchmarks",
         "summarize_downloads",
         "summarize_embeddings",

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from clipflow import files
 from clipflow.errors import ClipflowError
@@ -8,12 +9,18 @@ from clipflow.evaluate.holdout import choose, write_retrieval_dataset
 from clipflow.logs import redirect_to_log
 from clipflow.shards import ShardReader
 
+BATCH = 1_000_000
+
+# The pool and its held-out table side by side, a batch at a time: only the held-out rows stay in memory.
 with redirect_to_log(snakemake.log[0]):
-    pool = pd.read_parquet(snakemake.input.pool, columns=["uid", "key", "shard", "caption"])
-    held_out = ~pd.read_parquet(snakemake.input.held_out)["keep"].to_numpy()
+    pool = pq.ParquetFile(snakemake.input.pool).iter_batches(BATCH, columns=["uid", "key", "shard", "caption"])
+    keep = pq.ParquetFile(snakemake.input.held_out).iter_batches(BATCH, columns=["keep"])
+    held = pd.concat(
+        [rows.to_pandas()[~flags.column("keep").to_numpy(zero_copy_only=False)] for rows, flags in zip(pool, keep)]
+    )
     reader = ShardReader(Path(snakemake.input.batches[0]).parent.parent)  # shards sit beside batches/
-    samples = choose(pool[held_out], reader, snakemake.params.max_samples)
-    print(f"{held_out.sum()} rows held out, {len(samples)} with an image in the evaluation's slice")
+    samples = choose(held, reader, snakemake.params.max_samples)
+    print(f"{len(held)} rows held out, {len(samples)} with an image in the evaluation's slice")
     if len(samples) < 2:
         raise ClipflowError(
             f"the held-out slice has {len(samples)} downloaded images: retrieval needs 2 or more (raise "

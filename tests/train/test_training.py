@@ -113,7 +113,10 @@ def trained_run(tmp_path_factory):
     write_color_benchmark(workdir / "colors")
     config["evaluate"]["benchmarks"] = {"colors": {"dataset": "wds/colors", "root": str(workdir / "colors")}}
     write_config(workdir, config)
-    run_snakemake(workdir, "--cores", "2", "results/evaluate/compare.tsv")  # no indices: training needs none
+    # no indices: training needs none
+    run_snakemake(
+        workdir, "--cores", "2", "results/evaluate/compare.tsv", "results/curate/subsets/round_shapes/kept.parquet"
+    )
     return workdir, config
 
 

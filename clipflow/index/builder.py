@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 
 from clipflow import files
+from clipflow.errors import ClipflowError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,12 @@ def _autofaiss_index(paths, index_path: Path, infos_path: Path, options: dict, m
         verbose=logging.WARNING,
     )
     shutil.rmtree(staging)
+    if not index_path.exists() or not infos_path.exists():  # autofaiss logs why and returns (e.g. budgets)
+        raise ClipflowError(
+            f"autofaiss built no index for {index_path.name}: see its error above; index.mem_mb (its "
+            f"current_memory_available, {memory_available}) must exceed index.max_index_memory_usage "
+            f"({options['max_index_memory_usage']})"
+        )
 
 
 def build_index(

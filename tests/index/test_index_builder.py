@@ -1,7 +1,9 @@
 """Index builds: exact below the threshold, autofaiss's approximate indices above it."""
 
 import numpy as np
+import pytest
 
+from clipflow.errors import ClipflowError
 from clipflow.index.builder import build_index
 
 
@@ -60,3 +62,11 @@ def test_autofaiss_can_build_the_opq_indices_it_picks_at_scale():
     index.train(vectors)
     index.add(vectors)
     assert index.ntotal == 2_000
+
+
+def test_budgets_autofaiss_cannot_meet_stop_with_an_error_naming_them(tmp_path):
+    np.save(tmp_path / "0.npy", random_unit_vectors(2_000, 64, 0).astype(np.float16))
+    options = {**INDEX_OPTIONS, "max_index_memory_usage": "16G"}
+    with pytest.raises(ClipflowError, match=r"current_memory_available, 4G\) must exceed .*\(16G\)"):
+        build_index([tmp_path / "0.npy"], tmp_path / "image.index", tmp_path / "image.infos.json", options, "4G")
+    assert not (tmp_path / "image.index").exists()

@@ -11,7 +11,9 @@ with redirect_to_log(snakemake.log[0]):
     summary = json.loads(Path(snakemake.input.summary).read_text())
     run_folder = Path(snakemake.output.checkpoint).parent / "run"
     gpus = snakemake.resources.gpu
-    provenance = train(snakemake.params.hyperparameters, shards, run_folder, gpus, snakemake.threads // gpus - 1)
+    # a loading process per GPU besides the trainer; locally the threads may be capped below the GPUs
+    workers = max(0, snakemake.threads // gpus - 1)
+    provenance = train(snakemake.params.hyperparameters, shards, run_folder, gpus, workers)
     provenance["subset"] = {
         "name": snakemake.wildcards.subset,
         "samples": record["samples"],

@@ -105,8 +105,9 @@ def train(hyper: dict, shard_paths: list[Path], run_folder: Path, gpus: int, wor
     used = processes(gpus)
     args = open_clip_args(hyper, shard_paths, run_folder, used, workers)
     started = time.time()
-    print(("resuming: " if resuming else "training: ") + " ".join(command(hyper, args, used)), flush=True)
-    result = subprocess.run(command(hyper, args, used), stdout=sys.stdout, stderr=subprocess.STDOUT)
+    launch = command(hyper, args, used)
+    print(("resuming: " if resuming else "training: ") + " ".join(launch), flush=True)
+    result = subprocess.run(launch, stdout=sys.stdout, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise ClipflowError(f"open_clip_train exited with {result.returncode}: see its output above")
     checkpoint = latest_checkpoint(run_folder)

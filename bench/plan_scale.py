@@ -1,15 +1,16 @@
 """Shard planning (ingest + exact dedup + shard cut) at DataComp scale on synthetic metadata.
 
 Writes `--files` parquet files holding `--rows` rows in all (DataComp-small: 12.8M rows), of which
-`--duplicate-fraction` repeat an earlier (url, caption), then plans them in a child process and prints
-its wall time and peak memory, and the time of a no-op replan (what every later `snakemake` pays).
+`--duplicate-fraction` repeat an earlier (url, caption), then plans them from scratch in a child process
+with each of `--processes` worker counts and prints the wall time, the peak memory of the planning process
+and of its largest worker, and the time of a no-op replan (what every later `snakemake` pays).
 
-    python bench/plan_scale.py --rows 12800000 --files 32
+    python bench/plan_scale.py --rows 12800000 --files 32 --processes 1 2
 """
 
 import argparse
 import json
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,16 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import psutil
 import pyarrow.parquet as pq
 
 PLAN_CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from clipflow.ingest.planner import make_plan
-config = json.loads(sys.argv[1])
-start = time.perf_counter()
-plan = make_plan(config, sys.argv[2])
-print(json.dumps({"seconds": time.perf_counter() - start, "shards": len(plan.shards), "totals": plan.totals(),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+if __name__ == "__main__":
+    config = json.loads(sys.argv[1])
+    start = time.perf_counter()
+    plan = make_plan(config, sys.argv[2])
+    print(json.dumps({"seconds": time.perf_counter() - start, "shards": len(plan.shards), "totals": plan.totals()}))
 """
 
 
@@ -56,8 +58,22 @@ def write_metadata(folder: Path, rows: int, files: int, duplicate_fraction: floa
 
 
 def plan_in_child(config: dict, plan_dir: Path) -> dict:
+    """Plan in a fresh process; its memory is sampled every 50 ms over the process and its workers: the peak
+    of their sum, and of the largest one."""
     command = [sys.executable, "-c", PLAN_CHILD, json.dumps(config), str(plan_dir)]
-    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    total_peak = largest_peak = 0
+    while child.poll() is None:
+        try:
+            tree = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
+            rss = [process.memory_info().rss for process in tree]
+        except psutil.NoSuchProcess:
+            continue
+        total_peak, largest_peak = max(total_peak, sum(rss)), max(largest_peak, max(rss))
+        time.sleep(0.05)
+    if child.returncode:
+        raise SystemExit(f"planning failed with exit status {child.returncode}")
+    return {**json.loads(child.stdout.read()), "total_mb": total_peak / 2**20, "largest_mb": largest_peak / 2**20}
 
 
 def main() -> None:
@@ -66,6 +82,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=32)
     parser.add_argument("--duplicate-fraction", type=float, default=0.02)
     parser.add_argument("--samples-per-shard", type=int, default=10_000)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,20 +95,22 @@ def main() -> None:
             "plan": {"samples_per_shard": args.samples_per_shard},
         }
         config["input"].update(keep_cols=[], metadata_cols=["original_width", "original_height"])
-        first = plan_in_child(config, tmp / "plan")
-        again = plan_in_child(config, tmp / "plan")
-        totals = first["totals"]
-        print(
-            f"plan: {first['seconds']:.1f} s ({totals['rows'] / first['seconds']:,.0f} rows/s), "
-            f"peak RSS {first['peak_rss_mb']:,.0f} MB, {first['shards']:,} shards"
-        )
-        print(
-            f"      {totals['rows']:,} rows: {totals['planned']:,} planned, {totals['duplicates']:,} duplicates dropped"
-        )
-        print(f"no-op replan: {again['seconds']:.2f} s, peak RSS {again['peak_rss_mb']:,.0f} MB")
-        print(
-            f"this process peak RSS (data generation): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB"
-        )
+        for processes in args.processes:
+            config["plan"]["processes"] = processes
+            shutil.rmtree(tmp / "plan", ignore_errors=True)
+            first = plan_in_child(config, tmp / "plan")
+            again = plan_in_child(config, tmp / "plan")
+            totals = first["totals"]
+            print(
+                f"{processes} processes: plan {first['seconds']:.1f} s ({totals['rows'] / first['seconds']:,.0f} rows/s), "
+                f"peak RSS {first['total_mb']:,.0f} MB in all, {first['largest_mb']:,.0f} MB the largest process, "
+                f"{first['shards']:,} shards"
+            )
+            print(
+                f"      {totals['rows']:,} rows: {totals['planned']:,} planned, "
+                f"{totals['duplicates']:,} duplicates dropped"
+            )
+            print(f"      no-op replan: {again['seconds']:.2f} s, peak RSS {again['total_mb']:,.0f} MB")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ SCHEMA_FILE = Path(__file__).parent / "schemas" / "config.schema.yaml"
 # Settings that only size or schedule work. Rules get them through `threads:` and `resources:` or read them
 # at run time, never as params, so changing one reruns nothing.
 SIZING = {
+    "plan": ("processes",),
     "download": ("threads", "mem_mb"),
     "embed": ("device", "batch_size", "workers", "mem_mb", "cache_dir"),
     "index": ("mem_mb",),

@@ -35,11 +35,11 @@ def write_json(path: Path | str, value) -> None:
     write_text(path, json.dumps(value, indent=1))
 
 
-def write_parquet(frame, path: Path | str, row_group_size: int | None = None) -> None:
-    """A pandas frame (or an Arrow table) as parquet."""
+def write_parquet(frame, path: Path | str, **options) -> None:
+    """A pandas frame (or an Arrow table) as parquet; `options` go to pyarrow's write_table."""
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     with replacing(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=row_group_size)
+        pq.write_table(table, tmp, **options)
 
 
 def sha256_file(path: Path | str) -> str:

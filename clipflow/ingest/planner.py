@@ -4,6 +4,14 @@ The plan is append-only: files already planned keep their shards, new files get 
 adding data never renumbers a shard that may already be downloaded. It runs while Snakemake parses
 the workflow, so every shard's jobs are in the DAG (and in --dry-run) without a checkpoint.
 
+It runs in three passes over the new files, each split across `plan.processes` worker processes with memory
+bounded by one batch of rows or one key bucket, whatever the pool's size:
+  1. ingest: read each file, normalize its rows and check their URLs, stage them, spill their keys by bucket;
+  2. deduplicate: per range of key buckets, against the keys of everything planned before;
+  3. cut: per group of files, drop what is duplicate or invalid and write the rest into shards. Each group
+     knows where its rows start, so it writes whole shards itself; a shard cut across two groups is written
+     from their pieces at the end.
+
 Layout under the plan folder:
   state.json                 sources planned (with fingerprints), shards and counts
   shards/NNNNNNNN.parquet    the rows of each shard: url, caption, uid, kept columns, source, source_row
@@ -13,24 +21,33 @@ Layout under the plan folder:
 
 import json
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import fsspec
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipflow import files
-from clipflow.ingest.dedup import KeySpill, KeyStore, deduplicate, remove_tree
 from clipflow.errors import ClipflowError
-from clipflow.ingest.reader import Columns, content_hash, find_sources, read_batches
+from clipflow.ingest.dedup import BUCKETS, KeySpill, KeyStore, deduplicate, remove_tree
+from clipflow.ingest.reader import Columns, Source, content_hash, find_sources, read_batches
 from clipflow.ingest.urls import url_problems
 from clipflow.shards import shard_name
 
 log = logging.getLogger(__name__)
 
-PLAN_VERSION = 1
+# 1: blake2b keys and derived uids; 2: md5 (clipflow.ingest.keys), which DuckDB computes vectorized.
+PLAN_VERSION = 2
+ROW_BITS = 40  # a row's sequence number is its source's index << ROW_BITS | its row: sorting it is input order
+POOL_BYTES = 16 << 20  # less new input than this is planned in this process: workers cost ~1 s to start
+TASKS_PER_PROCESS = 4  # groups of files per worker, so that files of different sizes even out
 
 
 @dataclass
@@ -71,34 +88,181 @@ def load_plan(folder: Path | str) -> Plan:
     return Plan(folder, json.loads(state_path.read_text()))
 
 
-class _ShardWriter:
-    """Cuts a stream of kept rows into shards of `size` rows, numbered on from `next_id`."""
+def _groups(items: list, weights: list[int], count: int) -> list[list]:
+    """`items` cut into at most `count` consecutive groups of about equal weight, none empty."""
+    target, groups, current, weight = max(1, sum(weights) / count), [], [], 0
+    for item, item_weight in zip(items, weights):
+        current.append(item)
+        weight += item_weight
+        if weight >= target * (len(groups) + 1):
+            groups.append(current)
+            current = []
+    return groups + [current] if current else groups
 
-    def __init__(self, folder: Path, size: int, next_id: int):
-        self.folder, self.size, self.next_id = folder, size, next_id
-        self.pending: list[pd.DataFrame] = []
+
+def _size(source: Source) -> int:
+    fs, path = fsspec.core.url_to_fs(source.path)
+    return fs.size(path) or 0
+
+
+def _staged_path(work: Path, index: int) -> Path:
+    return work / "staged" / f"{index:05d}.arrow"
+
+
+def _invalid_path(work: Path, index: int) -> Path:
+    return work / "invalid" / f"{index:05d}.parquet"
+
+
+def _ingest(task: int, group: list[tuple[int, Source]], columns: Columns, work: Path) -> list[dict]:
+    """Pass 1 over a group of files: stage each file's normalized rows and the reasons of its invalid ones, and
+    spill the keys of its valid rows; returns each file's row counts."""
+    spill = KeySpill(work / "spill" / f"{task:05d}")
+    counts = []
+    for index, source in group:
+        log.info("ingesting %s", source.path)
+        writer, schema, rows, invalid = None, None, 0, {}
+        for batch, keys in read_batches(source, columns):
+            source_rows = batch["source_row"].to_numpy()
+            problems = url_problems(batch["url"].combine_chunks())
+            valid = np.ones(batch.num_rows, dtype=bool)
+            valid[list(problems)] = False
+            spill.add(keys[valid], ((index << ROW_BITS) | source_rows)[valid])
+            invalid.update((int(source_rows[position]), reason) for position, reason in problems.items())
+            if writer is None:
+                schema = batch.schema  # the first batch's types hold for the file (jsonl's may vary)
+                writer = pa.ipc.new_file(_staged_path(work, index), schema)
+            writer.write_table(batch.cast(schema))
+            rows += batch.num_rows
+        if writer:
+            writer.close()
+        reasons = pa.table({"source_row": pa.array(list(invalid), pa.int64()), "reason": list(invalid.values())})
+        files.write_parquet(reasons, _invalid_path(work, index))
+        counts.append({"index": index, "rows": rows, "invalid": len(invalid), "sha256": content_hash(source.path)})
+    spill.flush()
+    return counts
+
+
+def _deduplicate(buckets: range, out: Path, spill_folders: list[Path], previous: Path | None, keys: Path) -> None:
+    """Pass 2 over a range of key buckets: the sorted sequence numbers of their duplicate rows, saved to `out`."""
+    np.save(out, deduplicate(buckets, [KeySpill(f) for f in spill_folders], KeyStore(previous), keys))
+
+
+def _duplicates_of(index: int, duplicate_files: list[Path]) -> np.ndarray:
+    """The sorted sequence numbers of source `index`'s duplicate rows, from every bucket range's file."""
+    low, high = index << ROW_BITS, (index + 1) << ROW_BITS
+    parts = []
+    for path in duplicate_files:
+        seqs = np.load(path, mmap_mode="r")
+        parts.append(np.asarray(seqs[np.searchsorted(seqs, low) : np.searchsorted(seqs, high)]))
+    return np.sort(np.concatenate(parts))
+
+
+class _ShardCutter:
+    """Cuts the planned rows from new-row offset `start` on into shards of `size` rows (shard k holds offsets
+    [k * size, (k + 1) * size) of `total`). A shard held whole is written to `shards`; a part of one that
+    another group also holds, to `pieces/<shard>/<offset>.parquet`."""
+
+    def __init__(self, folder: Path, pieces: Path, size: int, first_id: int, start: int, total: int):
+        self.folder, self.pieces, self.size, self.first_id = folder, pieces, size, first_id
+        self.position, self.total = start, total
+        self.pending: list[pa.Table] = []
         self.pending_rows = 0
-        self.written: list[dict] = []
 
-    def add(self, rows: pd.DataFrame) -> None:
+    def add(self, rows: pa.Table) -> None:
         self.pending.append(rows)
-        self.pending_rows += len(rows)
-        while self.pending_rows >= self.size:
-            self._flush(self.size)
+        self.pending_rows += rows.num_rows
+        while self.pending_rows and self.pending_rows >= self._next_cut() - self.position:
+            self._flush(self._next_cut() - self.position)
 
-    def close(self) -> list[dict]:
+    def close(self) -> None:
         if self.pending_rows:
             self._flush(self.pending_rows)
-        return self.written
+
+    def _next_cut(self) -> int:
+        return min((self.position // self.size + 1) * self.size, self.total)
 
     def _flush(self, count: int) -> None:
-        rows = pd.concat(self.pending, ignore_index=True)
-        name = shard_name(self.next_id)
-        files.write_parquet(rows.iloc[:count], self.folder / f"{name}.parquet")
-        self.written.append({"shard": name, "rows": count})
-        self.next_id += 1
-        rest = rows.iloc[count:]
-        self.pending, self.pending_rows = ([rest], len(rest)) if len(rest) else ([], 0)
+        rows = pa.concat_tables(self.pending, promote_options="permissive")
+        shard = self.position // self.size
+        name = shard_name(self.first_id + shard)
+        whole = self.position == shard * self.size and count == min(self.size, self.total - self.position)
+        if whole:
+            path = self.folder / f"{name}.parquet"
+        else:
+            (self.pieces / name).mkdir(parents=True, exist_ok=True)
+            path = self.pieces / name / f"{self.position:015d}.parquet"
+        _write_shard(rows.slice(0, count), path)
+        self.position += count
+        rest = rows.slice(count)
+        self.pending, self.pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+
+
+def _write_shard(rows: pa.Table, path: Path) -> None:
+    # Dictionary encoding and statistics double the write time and gain little on urls and captions, which
+    # rarely repeat, and on shards that are always read whole.
+    files.write_parquet(rows, path, use_dictionary=False, write_statistics=False)
+
+
+def _cut(group: list[dict], cutter: dict, duplicate_files: list[Path], folder: Path, work: Path) -> None:
+    """Pass 3 over a group of files: write each file's dropped rows, and its planned rows into shards."""
+    shards = _ShardCutter(folder / "shards", work / "pieces", **cutter)
+    for source in group:
+        index, dropped = source["index"], []
+        duplicates = _duplicates_of(index, duplicate_files)
+        path = _staged_path(work, index)
+        invalid_rows = pq.read_table(_invalid_path(work, index))
+        reasons = dict(zip(invalid_rows["source_row"].to_pylist(), invalid_rows["reason"].to_pylist()))
+        staged = pa.ipc.open_file(pa.memory_map(str(path))) if path.exists() else None
+        for number in range(staged.num_record_batches if staged else 0):
+            batch = pa.Table.from_batches([staged.get_batch(number)])
+            rows = batch["source_row"].to_numpy()
+            invalid = np.isin(rows, invalid_rows["source_row"].to_numpy())
+            duplicate = np.isin((index << ROW_BITS) | rows, duplicates, assume_unique=True)
+            batch = batch.add_column(batch.num_columns - 1, "source", pa.array(np.full(len(rows), index)))
+            drop = invalid | duplicate
+            if drop.any():
+                dropped_rows = rows[drop]
+                state = np.where(invalid[drop], "invalid", "duplicate")
+                reason = [reasons.get(row, "repeats an earlier (url, caption)") for row in dropped_rows.tolist()]
+                dropped.append(
+                    batch.filter(drop)
+                    .append_column("state", pa.array(state, pa.string()))
+                    .append_column("reason", pa.array(reason, pa.string()))
+                )
+            shards.add(batch.filter(~drop))
+        path.unlink(missing_ok=True)  # here, in parallel: removing ~100 bytes a row costs about as much as writing
+        table = pa.concat_tables(dropped, promote_options="permissive") if dropped else pa.table({})
+        files.write_parquet(table, folder / "dropped" / f"{index:05d}.parquet")
+    shards.close()
+
+
+class _InProcess:
+    """What a process pool offers the planner, for plans too small to be worth starting workers."""
+
+    def map(self, function, *iterables):
+        return map(function, *iterables)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _pool(processes: int, new_bytes: int):
+    if processes < 2 or new_bytes < POOL_BYTES:
+        log.info("planning %d new bytes in this process", new_bytes)
+        return _InProcess()
+    log.info("planning %d new bytes in %d worker processes", new_bytes, processes)
+    # forkserver: workers fork from a fresh server that imported this module, never from Snakemake's process,
+    # and never re-run the main module (`python -m snakemake` would plan again).
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return ProcessPoolExecutor(processes, mp_context=context)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def make_plan(config: dict, folder: Path | str) -> Plan:
@@ -110,6 +274,13 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
     state = json.loads(state_path.read_text()) if state_path.exists() else None
     if state is None:
         state = {"settings": settings, "sources": [], "shards": [], "key_generation": 0}
+    elif state["settings"].get("version") != PLAN_VERSION:
+        raise ClipflowError(
+            f"{state_path}: the plan was made by an earlier clipflow (plan version {state['settings'].get('version')}, "
+            f"whose row keys and derived uids were blake2b hashes); this one derives them with md5 and cannot extend "
+            f"it without changing uids. Keep using the earlier clipflow for this run, or delete {folder} to plan "
+            f"again from scratch (shards are renumbered, and uids derived from url and caption change)."
+        )
     elif state["settings"] != settings:
         raise ClipflowError(
             f"{state_path}: the plan was made with {state['settings']}, the config now asks for {settings}; "
@@ -136,75 +307,65 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
     generation = state["key_generation"] + 1
     work = folder / f".work-{generation}"
     remove_tree(work)
+    for sub in ("staged", "invalid", "duplicates", "pieces"):
+        (work / sub).mkdir(parents=True)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     (folder / "dropped").mkdir(exist_ok=True)
-    columns = Columns.from_config(config["input"])
-
-    # Pass 1: normalize each new file into a staged parquet and spill its keys by bucket.
-    spill = KeySpill(work / "spill")
-    staged, seq = [], 0
-    for index, source in enumerate(new_sources, start=len(state["sources"])):
-        log.info("ingesting %s", source.path)
-        path, writer, rows, invalid = work / f"staged-{index:05d}.parquet", None, 0, 0
-        for batch, keys in read_batches(source, columns):
-            batch["seq"] = np.arange(seq, seq + len(batch), dtype=np.int64)
-            batch["invalid_reason"] = url_problems(batch["url"])
-            valid = (batch["invalid_reason"] == "").to_numpy()
-            spill.add(keys[valid], batch["seq"].to_numpy()[valid])
-            table = pa.Table.from_pandas(batch, preserve_index=False)
-            writer = writer or pq.ParquetWriter(path, table.schema)
-            writer.write_table(table.cast(writer.schema))
-            seq, rows, invalid = seq + len(batch), rows + len(batch), invalid + int((~valid).sum())
-        if writer:
-            writer.close()
-        staged.append((index, source, path if writer else None, rows, invalid))
-
-    total_rows = sum(s[3] for s in staged) + sum(p["rows"] for p in state["sources"])
-    if total_rows == 0:
-        remove_tree(work)
-        raise ClipflowError(f"input.paths: the files {[s.path for s in sources]} hold no rows")
-
     key_folder = folder / f"keys-{generation}"
     remove_tree(key_folder)  # an interrupted plan may have left it half written
-    previous_keys = KeyStore(folder / f"keys-{state['key_generation']}" if state["key_generation"] else None)
-    duplicate_seqs = deduplicate(spill, previous_keys, key_folder)
+    previous_keys = folder / f"keys-{state['key_generation']}" if state["key_generation"] else None
 
-    # Pass 2: drop duplicates and invalid rows (recording why), cut the rest into new shards.
-    shard_writer = _ShardWriter(folder / "shards", settings["samples_per_shard"], len(state["shards"]))
-    new_source_states = []
-    for index, source, path, rows, invalid in staged:
-        dropped_frames = []
-        for record_batch in pq.ParquetFile(path).iter_batches() if path else []:
-            batch = record_batch.to_pandas()
-            seqs = batch.pop("seq").to_numpy()
-            reasons = batch.pop("invalid_reason").to_numpy()
-            is_invalid = reasons != ""
-            is_duplicate = np.isin(seqs, duplicate_seqs, assume_unique=True) & ~is_invalid
-            batch.insert(len(batch.columns) - 1, "source", index)
-            dropped = batch[is_duplicate | is_invalid].copy()
-            dropped["state"] = np.where(is_invalid[is_duplicate | is_invalid], "invalid", "duplicate")
-            dropped["reason"] = np.where(
-                dropped["state"] == "invalid", reasons[is_duplicate | is_invalid], "repeats an earlier (url, caption)"
-            )
-            dropped_frames.append(dropped)
-            shard_writer.add(batch[~(is_duplicate | is_invalid)].reset_index(drop=True))
-        dropped = pd.concat(dropped_frames, ignore_index=True) if dropped_frames else pd.DataFrame()
-        files.write_parquet(dropped, folder / "dropped" / f"{index:05d}.parquet")
-        duplicates = int((dropped["state"] == "duplicate").sum()) if len(dropped) else 0
-        new_source_states.append(
-            {
-                "path": source.path,
-                "format": source.format,
-                "fingerprint": source.fingerprint,
-                "sha256": content_hash(source.path),
-                "rows": rows,
-                "duplicates": duplicates,
-                "invalid": invalid,
-                "planned": rows - duplicates - invalid,
-            }
+    processes = config["plan"].get("processes") or available_cores()
+    sizes = [_size(source) for source in new_sources]
+    groups = _groups(list(enumerate(new_sources, start=len(state["sources"]))), sizes, processes * TASKS_PER_PROCESS)
+    bucket_ranges = [range(b[0], b[-1] + 1) for b in np.array_split(np.arange(BUCKETS), processes * TASKS_PER_PROCESS)]
+    spills = [work / "spill" / f"{task:05d}" for task in range(len(groups))]
+    duplicate_files = [work / "duplicates" / f"{number:03d}.npy" for number in range(len(bucket_ranges))]
+    columns = Columns.from_config(config["input"])
+    with _pool(processes, sum(sizes)) as pool:
+        ingest = partial(_ingest, columns=columns, work=work)
+        counts = [count for group in pool.map(ingest, range(len(groups)), groups) for count in group]
+        if sum(c["rows"] for c in counts) + sum(p["rows"] for p in state["sources"]) == 0:
+            remove_tree(work)
+            raise ClipflowError(f"input.paths: the files {[s.path for s in sources]} hold no rows")
+        dedup = partial(_deduplicate, spill_folders=spills, previous=previous_keys, keys=key_folder)
+        list(pool.map(dedup, bucket_ranges, duplicate_files))
+        for count in counts:
+            count["duplicates"] = len(_duplicates_of(count["index"], duplicate_files))
+            count["planned"] = count["rows"] - count["duplicates"] - count["invalid"]
+        # Each group's planned rows start where the previous group's end: it can cut its shards on its own.
+        new_rows, first_id, size = (
+            sum(c["planned"] for c in counts),
+            len(state["shards"]),
+            settings["samples_per_shard"],
         )
-    new_shards = shard_writer.close()
+        in_order = iter(counts)
+        cut_groups = [[next(in_order) for _ in group] for group in groups]
+        cutters, start = [], 0
+        for group in cut_groups:
+            cutters.append({"size": size, "first_id": first_id, "start": start, "total": new_rows})
+            start += sum(count["planned"] for count in group)
+        cut = partial(_cut, duplicate_files=duplicate_files, folder=folder, work=work)
+        list(pool.map(cut, cut_groups, cutters))
+    for pieces in sorted((work / "pieces").iterdir()):
+        parts = [pq.read_table(path) for path in sorted(pieces.iterdir())]
+        _write_shard(
+            pa.concat_tables(parts, promote_options="permissive"), folder / "shards" / f"{pieces.name}.parquet"
+        )
+    new_shards = [
+        {"shard": shard_name(first_id + k), "rows": min(size, new_rows - k * size)} for k in range(-(-new_rows // size))
+    ]
 
+    by_index = {count["index"]: count for count in counts}
+    new_source_states = [
+        {
+            "path": source.path,
+            "format": source.format,
+            "fingerprint": source.fingerprint,
+            **{key: by_index[index][key] for key in ("sha256", "rows", "duplicates", "invalid", "planned")},
+        }
+        for index, source in enumerate(new_sources, start=len(state["sources"]))
+    ]
     old_key_folder = folder / f"keys-{state['key_generation']}"
     state = {
         "settings": settings,

@@ -2,7 +2,6 @@
 with the reason, never handed to the download tool (a `file://` URL would copy a local file into the data)."""
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -12,20 +11,27 @@ _SCHEME = r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):"
 _HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s@]*@?[^/?#:\s]"  # something after the slashes, before any path
 
 
-def url_problems(urls: pd.Series) -> np.ndarray:
-    """Per URL, why it is not fetched ('' when it is). Planning runs this over every input row, so it runs in
-    Arrow's compute kernels (~8x pandas' string methods)."""
-    array = pa.array(urls, type=pa.string())
+_PLAIN = r"^https?://[A-Za-z0-9]"  # the common case, which _HOST accepts: RE2 decides it ~30% faster
+
+
+def url_problems(urls: pa.Array) -> dict[int, str]:
+    """Why each URL (stripped strings) that is not fetched is not, by its position. Planning runs this over every
+    input row, so it runs in Arrow's compute kernels, and only the rows that are not plain http(s) URLs with a
+    host (few, in web data) go through the full analysis."""
+    unusual = np.flatnonzero(~pc.match_substring_regex(urls, _PLAIN).to_numpy(zero_copy_only=False))
+    if len(unusual) == 0:
+        return {}
+    array = urls.take(pa.array(unusual))
     schemes = pc.utf8_lower(pc.struct_field(pc.extract_regex(array, _SCHEME), [0]))
     present = schemes.is_valid().to_numpy(zero_copy_only=False)
     empty = pc.equal(array, "").to_numpy(zero_copy_only=False)
     fetched = pc.is_in(schemes, pa.array(SCHEMES)).fill_null(False).to_numpy(zero_copy_only=False)
     web = pc.is_in(schemes, pa.array(SCHEMES[:2])).fill_null(False).to_numpy(zero_copy_only=False)
     no_host = web & ~pc.match_substring_regex(array, _HOST).to_numpy(zero_copy_only=False)
-    problems = np.full(len(urls), "", dtype=object)
-    problems[empty] = "empty url"
-    problems[~present & ~empty] = f"no URL scheme: {FETCHED}"
+    found = np.full(len(array), "", dtype=object)
+    found[empty] = "empty url"
+    found[~present & ~empty] = f"no URL scheme: {FETCHED}"
     for index in (present & ~fetched).nonzero()[0]:
-        problems[index] = f"unsupported URL scheme {schemes[int(index)].as_py()!r}: {FETCHED}"
-    problems[no_host] = "no host in the URL"
-    return problems
+        found[index] = f"unsupported URL scheme {schemes[int(index)].as_py()!r}: {FETCHED}"
+    found[no_host] = "no host in the URL"
+    return {int(position): reason for position, reason in zip(unusual, found) if reason}

@@ -61,6 +61,44 @@ def test_dedup_keeps_first_occurrences_across_files_like_pandas(tmp_path, small_
     assert len(traced.drop_duplicates()) == 36_000
 
 
+def test_worker_processes_plan_exactly_what_one_process_plans(tmp_path, monkeypatch, caplog):
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, rows in enumerate([2_000, 150, 3_100, 0, 900]):  # groups of different sizes, one empty file
+        frame = random_metadata(rng, rows, 8_000)
+        frame.loc[frame.index % 97 == 5, "url"] = "ftp://h/x.jpg"  # some invalid rows in every file
+        path = tmp_path / f"part-{i}.{'csv' if i % 2 else 'parquet'}"
+        frame.to_csv(path, index=False) if i % 2 else frame.to_parquet(path)
+        paths.append(str(path))
+    monkeypatch.setattr(clipflow.ingest.planner, "POOL_BYTES", 0)  # so that this small input is worth workers
+    plans = {}
+    for processes in (1, 3):
+        cfg = config(paths, samples_per_shard=250)
+        cfg["plan"]["processes"] = processes
+        with caplog.at_level("INFO", logger="clipflow.ingest.planner"):
+            plans[processes] = make_plan(cfg, tmp_path / f"plan-{processes}")
+    assert "in 3 worker processes" in caplog.text  # shards cut across groups of files, and joined again
+
+    one, three = plans[1], plans[3]
+    assert one.state == three.state and len(one.shards) > 10
+    for shard in one.shards:
+        assert pd.read_parquet(one.shard_path(shard)).equals(pd.read_parquet(three.shard_path(shard)))
+    for name in [f"{i:05d}.parquet" for i in range(len(paths))]:
+        dropped = [pd.read_parquet(plan.folder / "dropped" / name) for plan in (one, three)]
+        assert dropped[0].equals(dropped[1])
+    assert one.totals()["invalid"] > 0 and one.totals()["duplicates"] > 0
+
+
+def test_plan_of_an_earlier_version_is_refused(tmp_path):
+    pd.DataFrame({"url": ["http://h/1.jpg"], "caption": ["a"]}).to_csv(tmp_path / "a.csv", index=False)
+    cfg = config([str(tmp_path / "a.csv")])
+    plan = make_plan(cfg, tmp_path / "plan")
+    plan.state["settings"]["version"] = 1
+    (tmp_path / "plan/state.json").write_text(json.dumps(plan.state))
+    with pytest.raises(ClipflowError, match="plan version 1.*blake2b.*delete .*plan to plan again"):
+        make_plan(cfg, tmp_path / "plan")
+
+
 def test_rows_without_url_are_dropped_as_invalid(tmp_path):
     pd.DataFrame({"url": ["http://h/1.jpg", "", "  ", None], "caption": ["a", "b", "c", "d"]}).to_parquet(
         tmp_path / "m.parquet"

@@ -3,6 +3,7 @@ import hashlib
 import json
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from clipflow.errors import ClipflowError
@@ -15,7 +16,7 @@ DEFAULT = Columns(url="url", caption="caption", uid=None, keep=())
 
 def read_all(path, columns=DEFAULT, fmt="auto"):
     (source,) = find_sources([str(path)], fmt)
-    return pd.concat([batch for batch, _ in read_batches(source, columns)], ignore_index=True)
+    return pa.concat_tables([batch for batch, _ in read_batches(source, columns)]).to_pandas()
 
 
 @pytest.mark.parametrize("extension", ["parquet", "csv", "tsv", "jsonl", "csv.gz"])
@@ -63,7 +64,7 @@ def test_generated_uids_are_stable_128_bit_hashes_of_url_and_caption(tmp_path):
     pd.DataFrame({"url": URLS[::-1], "caption": CAPTIONS[::-1]}).to_parquet(tmp_path / "r.parquet")
     again = read_all(tmp_path / "r.parquet")["uid"].tolist()[::-1]
     assert first == again  # depends on the row's content only, not its file, format or position
-    expected = hashlib.blake2b(f"{URLS[0]}\x1f{CAPTIONS[0]}".encode(), digest_size=16).hexdigest()
+    expected = hashlib.md5(f"{URLS[0]}\x1f{CAPTIONS[0]}".encode()).hexdigest()  # documented: anyone can recompute it
     assert first[0] == expected and len(set(first)) == 3
 
 

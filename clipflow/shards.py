@@ -51,6 +51,18 @@ def rows_path(folder: Path | str, shard: str) -> Path:
     return Path(folder) / f"{shard}.parquet"
 
 
+def downloaded_rows(listing: Path | str) -> list[str]:
+    """Every downloaded shard's parquet, in the pool's order, from the listing of the download batches' records
+    (clipflow.workflow.write_listing); each record, in the shards folder's batches/, names its shards."""
+    from clipflow.workflow import listed
+
+    paths = []
+    for record in listed(listing):
+        folder = Path(record).parent.parent
+        paths += [str(rows_path(folder, shard)) for shard in json.loads(Path(record).read_text())["shards"]]
+    return paths
+
+
 def stats_path(folder: Path | str, shard: str) -> Path:
     return Path(folder) / f"{shard}_stats.json"
 

@@ -17,6 +17,9 @@ DEMO_DIR = "results/demo"
 EMBEDDINGS_DIR = "results/embeddings"
 INDEX_DIR = "results/index"
 MODEL_MANIFEST = "results/model.json"
+# One file each standing for every download batch's and every embedding chunk's record (see write_listing).
+DOWNLOADED = f"{SHARDS_DIR}/batches.json"
+EMBEDDED = f"{EMBEDDINGS_DIR}/chunks.json"
 CURATE_DIR = "results/curate"
 AESTHETIC_DIR = f"{CURATE_DIR}/aesthetic_embeddings"
 SUBSETS_DIR = f"{CURATE_DIR}/subsets"
@@ -60,7 +63,7 @@ def chunk_record(chunk):
     return f"{EMBEDDINGS_DIR}/info/{chunk}.json"
 
 
-def shard_embeddings(kind, shards=PLAN.shards):
+def shard_embeddings(kind, shards):
     return [f"{EMBEDDINGS_DIR}/{SHARD_FILES[kind].format(shard=shard)}" for shard in shards]
 
 
@@ -91,10 +94,6 @@ def demo_images(wildcards):
     return [f"{DEMO_DIR}/site/images"] if config["demo"]["enabled"] else []
 
 
-def batch_plan_shards(wildcards):
-    return [f"{PLAN_DIR}/shards/{shard}.parquet" for shard in BATCHES[wildcards.batch]]
-
-
 def all_batch_records():
     return [batch_record(batch) for batch in BATCHES]
 
@@ -105,19 +104,15 @@ def download_subset(wildcards):
     return {"subset": f"{SUBSETS_DIR}/{subset}/removed.parquet"} if subset else {}
 
 
-def pool_batch_records():
+def pool_downloads(wildcards):
     """The downloads that curation waits for: none when the embeddings are precomputed (the pool is then made
     from metadata alone, so that a subset can choose what to download)."""
-    return [] if config["embed"]["precomputed"] else all_batch_records()
+    return {} if config["embed"]["precomputed"] else {"batches": DOWNLOADED}
 
 
 def chunk_batch_records(wildcards):
     shards = CHUNKS[wildcards.chunk]
     return [batch_record(batch) for batch in shards[:: config["download"]["shards_per_job"]]]
-
-
-def chunk_plan_shards(wildcards):
-    return [f"{PLAN_DIR}/shards/{shard}.parquet" for shard in CHUNKS[wildcards.chunk]]
 
 
 def chunk_tars(wildcards):
@@ -138,13 +133,8 @@ def filter_assets(wildcards):
     return make_filter(config["curate"]["filters"][wildcards.filter]).assets()
 
 
-def filter_chunk_records(wildcards):
-    return all_chunk_records() if filter_modality(wildcards) else []
-
-
 def filter_embeddings(wildcards):
-    modality = filter_modality(wildcards)
-    return shard_embeddings(modality) if modality else []
+    return [EMBEDDED] if filter_modality(wildcards) else []
 
 
 def score_models(wildcards):
@@ -245,6 +235,8 @@ def get_final_outputs():
     return [
         *all_batch_records(),
         *all_chunk_records(),
+        DOWNLOADED,
+        EMBEDDED,
         *index,
         *summaries,
         *curation_outputs(),

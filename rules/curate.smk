@@ -1,8 +1,9 @@
 rule curate_pool:
     input:
         unpack(score_models),
-        chunks=all_chunk_records(),
-        batches=pool_batch_records(),
+        unpack(pool_downloads),
+        chunks=EMBEDDED,
+        plan=ancient(f"{PLAN_DIR}/state.json"),
     output:
         pool=f"{CURATE_DIR}/pool.parquet",
     log:
@@ -13,15 +14,6 @@ rule curate_pool:
     resources:
         mem_mb=lambda wildcards, attempt: config["curate"]["mem_mb"] * attempt,
     params:
-        metadata=shard_embeddings("metadata"),
-        image=shard_embeddings("image"),
-        text=shard_embeddings("text"),
-        parquets=(
-            []
-            if config["embed"]["precomputed"]
-            else expand(f"{SHARDS_DIR}/{{shard}}.parquet", shard=PLAN.shards)
-        ),
-        plan_shards=expand(f"{PLAN_DIR}/shards/{{shard}}.parquet", shard=PLAN.shards),
         metadata_cols=config["input"]["metadata_cols"],
     script:
         "../scripts/curate_pool.py"
@@ -31,7 +23,7 @@ rule curate_pool:
 rule aesthetic_embeddings:
     input:
         pool=f"{CURATE_DIR}/pool.parquet",
-        chunks=all_chunk_records(),
+        chunks=EMBEDDED,
     output:
         ratings=expand(f"{AESTHETIC_DIR}/rating{{rating}}.npy", rating=RATINGS),
     log:
@@ -41,8 +33,6 @@ rule aesthetic_embeddings:
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: config["curate"]["mem_mb"] * attempt,
-    params:
-        image=shard_embeddings("image"),
     script:
         "../scripts/aesthetic_embeddings.py"
 
@@ -50,7 +40,7 @@ rule aesthetic_embeddings:
 rule curate_filter:
     input:
         pool=f"{CURATE_DIR}/pool.parquet",
-        chunks=filter_chunk_records,
+        chunks=filter_embeddings,
         assets=filter_assets,
     output:
         table=f"{CURATE_DIR}/filters/{{filter}}.parquet",
@@ -67,7 +57,7 @@ rule curate_filter:
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
         options=lambda wildcards: config["curate"]["filters"][wildcards.filter],
-        embeddings=filter_embeddings,
+        modality=filter_modality,
     script:
         "../scripts/curate_filter.py"
 
@@ -75,10 +65,10 @@ rule curate_filter:
 rule curate_subset:
     input:
         unpack(held_out_rows),
+        unpack(pool_downloads),
         pool=f"{CURATE_DIR}/pool.parquet",
         tables=lambda wildcards: subset_filter_outputs(wildcards, "parquet"),
         infos=lambda wildcards: subset_filter_outputs(wildcards, "json"),
-        batches=pool_batch_records(),
     output:
         uids=f"{SUBSETS_DIR}/{{subset}}/uids.npy",
         kept=f"{SUBSETS_DIR}/{{subset}}/kept.parquet",
@@ -120,7 +110,7 @@ rule curate_subset:
 rule reshard:
     input:
         kept=f"{SUBSETS_DIR}/{{subset}}/kept.parquet",
-        batches=all_batch_records(),
+        batches=DOWNLOADED,
     output:
         record=f"{SUBSETS_DIR}/{{subset}}/shards/reshard.json",
     log:

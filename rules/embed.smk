@@ -1,5 +1,22 @@
 localrules:
     fetch_model,
+    list_chunks,
+
+
+rule list_chunks:
+    input:
+        records=all_chunk_records(),
+    output:
+        listing=EMBEDDED,
+    log:
+        "logs/embed/list_chunks.log",
+    conda:
+        "../envs/clipflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../scripts/list_records.py"
 
 
 # Runs where the network is (the submit host on a cluster); embedding jobs then load offline.
@@ -29,7 +46,7 @@ if config["embed"]["precomputed"]:
 
     rule precomputed_chunk:
         input:
-            shards=chunk_plan_shards,
+            plan=ancient(f"{PLAN_DIR}/state.json"),
         output:
             record=f"{EMBEDDINGS_DIR}/info/{{chunk}}.json",
         log:
@@ -42,6 +59,7 @@ if config["embed"]["precomputed"]:
         resources:
             mem_mb=lambda wildcards, attempt: config["embed"]["mem_mb"] * attempt,
         params:
+            shards=lambda wildcards: CHUNKS[wildcards.chunk],
             arrays=config["embed"]["precomputed"],
             columns=config["input"]["keep_cols"] + config["input"]["metadata_cols"],
             model={key: config["embed"][key] for key in ("model", "pretrained", "checkpoint")},

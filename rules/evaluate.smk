@@ -22,7 +22,7 @@ rule holdout_dataset:
     input:
         pool=f"{CURATE_DIR}/pool.parquet",
         held_out=f"{EVALUATE_DIR}/held_out.parquet",
-        batches=all_batch_records(),
+        batches=DOWNLOADED,
     output:
         dataset=expand(f"{HOLDOUT_DIR}/{{name}}", name=HOLDOUT_FILES),
     log:

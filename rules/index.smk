@@ -1,6 +1,6 @@
 rule build_index:
     input:
-        chunks=all_chunk_records(),
+        chunks=EMBEDDED,
     output:
         index=f"{INDEX_DIR}/{{modality}}.index",
         infos=f"{INDEX_DIR}/{{modality}}.infos.json",
@@ -16,7 +16,6 @@ rule build_index:
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
         options=settings("index"),
-        embeddings=lambda wildcards: shard_embeddings(wildcards.modality),
     script:
         "../scripts/build_index.py"
 
@@ -24,7 +23,7 @@ rule build_index:
 # The stored fp16 embeddings behind each index, in id order: what searches re-rank their candidates with.
 rule index_vectors:
     input:
-        chunks=all_chunk_records(),
+        chunks=EMBEDDED,
     output:
         manifest=f"{INDEX_DIR}/{{modality}}.vectors.json",
     log:
@@ -34,15 +33,13 @@ rule index_vectors:
     threads: 1
     resources:
         mem_mb=2000,
-    params:
-        embeddings=lambda wildcards: shard_embeddings(wildcards.modality),
     script:
         "../scripts/index_vectors.py"
 
 
 rule index_metadata:
     input:
-        chunks=all_chunk_records(),
+        chunks=EMBEDDED,
         manifest=MODEL_MANIFEST,
     output:
         metadata=f"{INDEX_DIR}/metadata.arrow",
@@ -54,15 +51,13 @@ rule index_metadata:
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
-    params:
-        metadata=shard_embeddings("metadata"),
     script:
         "../scripts/index_metadata.py"
 
 
 rule summarize_embeddings:
     input:
-        chunks=all_chunk_records(),
+        chunks=EMBEDDED,
     output:
         summary="results/summary/embeddings.json",
         throughput=report(
@@ -82,8 +77,5 @@ rule summarize_embeddings:
     threads: 1
     resources:
         mem_mb=4000,
-    params:
-        image=shard_embeddings("image"),
-        text=shard_embeddings("text"),
     script:
         "../scripts/summarize_embeddings.py"

@@ -2,9 +2,12 @@ import numpy as np
 import pandas as pd
 
 from clipflow.curate.scores import rating_embeddings
+from clipflow.embed import embedding_files
 from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
     scores = pd.read_parquet(snakemake.input.pool, columns=["aesthetic_score"])["aesthetic_score"].to_numpy()
-    for path, embedding in zip(snakemake.output.ratings, rating_embeddings(scores, snakemake.params.image)):
+    for path, embedding in zip(
+        snakemake.output.ratings, rating_embeddings(scores, embedding_files(snakemake.input.chunks, "image"))
+    ):
         np.save(path, embedding)

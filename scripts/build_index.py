@@ -1,12 +1,13 @@
 import faiss
 
+from clipflow.embed import embedding_files
 from clipflow.index.builder import build_index
 from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
     faiss.omp_set_num_threads(snakemake.threads)
     build_index(
-        snakemake.params.embeddings,
+        embedding_files(snakemake.input.chunks, snakemake.wildcards.modality),
         snakemake.output.index,
         snakemake.output.infos,
         snakemake.params.options,

@@ -1,15 +1,19 @@
+from pathlib import Path
+
 from clipflow import files
 from clipflow.curate.pool import build_pool
 from clipflow.curate.scores import SCORE_COLUMNS
+from clipflow.embed import embedding_files
+from clipflow.ingest.planner import load_plan
+from clipflow.shards import downloaded_rows
 from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
+    plan = load_plan(Path(snakemake.input.plan).parent)
     pool = build_pool(
-        snakemake.params.metadata,
-        snakemake.params.image,
-        snakemake.params.text,
-        snakemake.params.parquets,
-        snakemake.params.plan_shards,
+        *(embedding_files(snakemake.input.chunks, kind) for kind in ("metadata", "image", "text")),
+        downloaded_rows(snakemake.input.batches) if "batches" in snakemake.input.keys() else [],  # none: precomputed
+        [plan.shard_path(shard) for shard in plan.shards],
         snakemake.params.metadata_cols,
         {key: snakemake.input.get(key) for key in SCORE_COLUMNS},
     )

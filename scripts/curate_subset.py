@@ -32,5 +32,6 @@ with redirect_to_log(snakemake.log[0]):
     plot_filter_effects(summary, snakemake.output.effects)
     plot_score_cut(pool["clip_score"].to_numpy(), keep, thresholds, snakemake.output.score_cut)
     # shards sit beside batches/; a subset chosen before the download (embed.precomputed) has no images yet
-    reader = ShardReader(Path(snakemake.input.batches[0]).parent.parent) if snakemake.input.batches else None
+    batches = snakemake.input.get("batches")  # the downloads' listing, in the shards folder
+    reader = ShardReader(Path(batches).parent) if batches else None
     plot_examples(examples(pool, keep, tables, reader), snakemake.output.examples)

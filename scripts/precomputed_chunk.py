@@ -6,8 +6,8 @@ from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
     read_precomputed_chunk(
-        load_plan(Path(snakemake.input.shards[0]).parent.parent),  # plan shards sit in the plan's shards/
-        [Path(path).stem for path in snakemake.input.shards],
+        load_plan(Path(snakemake.input.plan).parent),
+        snakemake.params.shards,
         snakemake.params.arrays,
         snakemake.params.columns,
         snakemake.params.model,

@@ -7,7 +7,7 @@ from clipflow.curate.reshard import downloaded_only, reshard
 from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
-    shards_folder = Path(snakemake.input.batches[0]).parent.parent  # shards sit beside batches/
+    shards_folder = Path(snakemake.input.batches).parent  # the downloads' listing is in the shards folder
     kept = pd.read_parquet(snakemake.input.kept, columns=["uid", "key", "shard", "url", "caption"])
     kept, not_downloaded = downloaded_only(kept, shards_folder)
     folder = Path(snakemake.output.record).parent

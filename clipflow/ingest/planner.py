@@ -50,6 +50,10 @@ POOL_BYTES = 16 << 20  # less new input than this is planned in this process: wo
 TASKS_PER_PROCESS = 4  # groups of files per worker, so that files of different sizes even out
 
 
+def plan_shard_path(folder: Path | str, shard: str) -> Path:
+    return Path(folder) / "shards" / f"{shard}.parquet"
+
+
 @dataclass
 class Plan:
     folder: Path
@@ -60,7 +64,7 @@ class Plan:
         return [shard["shard"] for shard in self.state["shards"]]
 
     def shard_path(self, shard: str) -> Path:
-        return self.folder / "shards" / f"{shard}.parquet"
+        return plan_shard_path(self.folder, shard)
 
     def totals(self) -> dict:
         keys = ("rows", "duplicates", "invalid", "planned")

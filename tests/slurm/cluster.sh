@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real single-node SLURM cluster for the tests: Debian's slurm and munge packages, two fake GPUs.
 #   tests/slurm/cluster.sh start   installs (once), configures, starts munge/slurmctld/slurmd, waits for idle
-#   tests/slurm/cluster.sh stop    stops the daemons
+#   tests/slurm/cluster.sh stop    stops the daemons and removes the config
 # State, spool, logs and config live under $SLURM_TEST_DIR (default /tmp/clipflow-slurm). Needs root.
 set -euo pipefail
 DIR=${SLURM_TEST_DIR:-/tmp/clipflow-slurm}
@@ -73,6 +73,9 @@ stop() {
     pkill -x slurmctld || true
     pkill -x munged || true
     sleep 1
+    # Without a controller, a config makes every `scontrol show config` wait ~9 s, and Snakemake's SLURM
+    # executor plugin runs one at import, so every later `snakemake` call here would pay it.
+    rm -f /etc/slurm/slurm.conf /etc/slurm/gres.conf
 }
 
 "${1:?usage: cluster.sh start|stop}"

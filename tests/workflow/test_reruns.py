@@ -10,8 +10,8 @@ import yaml
 from clipflow.config import SIZING
 from conftest import free_port, planned_jobs, run_snakemake, small_run_config, write_config
 
-DOWNLOADS = ["download_batch[00000000]", "download_batch[00000001]", "summarize_downloads"]
-EMBEDDINGS = ["embed_chunk[00000000]", "summarize_embeddings"]
+DOWNLOADS = ["download_batch[00000000]", "download_batch[00000001]", "list_batches", "summarize_downloads"]
+EMBEDDINGS = ["embed_chunk[00000000]", "list_chunks", "summarize_embeddings"]
 INDICES = ["build_index[image]", "build_index[text]"]
 INDEX_VECTORS = ["index_vectors[image]", "index_vectors[text]"]
 CURATION = [

@@ -295,6 +295,7 @@ def test_deleting_one_chunks_embeddings_reruns_it_and_the_index_only(workflow_ru
         "index_metadata",
         "index_vectors[image]",
         "index_vectors[text]",
+        "list_chunks",
         "summarize_benchmarks",
         "summarize_embeddings",
     ]
@@ -356,6 +357,8 @@ def test_a_truncated_tar_is_found_and_downloaded_again_alone(workflow_run):
         "index_metadata",
         "index_vectors[image]",
         "index_vectors[text]",
+        "list_batches",
+        "list_chunks",
         "summarize_benchmarks",
         "summarize_downloads",
         "summarize_embeddings",

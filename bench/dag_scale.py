@@ -2,7 +2,9 @@
 
 For each shard count, writes synthetic metadata (`--rows-per-shard` rows per shard, no downloads), plans
 it once with `clipflow plan`, then times a dry run of the whole workflow (which re-checks the plan,
-builds the DAG of download batches, embedding chunks, indices and summaries, and lists every job).
+builds the DAG of download batches, embedding chunks, indices and summaries, and lists every job), and
+the start-up of one job as a cluster job starts it (`--mode remote --target-jobs`: parse the workflow,
+load the plan, build that job's DAG; a dry run, so that nothing downloads).
 
     python bench/dag_scale.py --shards 1280 12800 128000
 """
@@ -55,7 +57,19 @@ def measure(shards: int, rows_per_shard: int, folder: Path) -> dict:
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml"]
     dry_run_s, peak_rss_mb, output = run_measured([*command, "--dry-run", "--cores", "1", "--quiet", "rules"], folder)
     jobs = next(int(line.split()[-1]) for line in output.splitlines() if line.split()[:1] == ["total"])
-    return {"shards": shards, "plan_s": plan_s, "dry_run_s": dry_run_s, "jobs": jobs, "peak_rss_mb": peak_rss_mb}
+    batch = f"{(shards - 1) // 32 * 32:08d}"  # the last download batch (download.shards_per_job: 32)
+    one_job = ["--target-jobs", f"download_batch:batch={batch}", "--allowed-rules", "download_batch"]
+    job_s, _, _ = run_measured(
+        [*command, *one_job, "--mode", "remote", "--nolock", "--dry-run", "--cores", "1"], folder
+    )
+    return {
+        "shards": shards,
+        "plan_s": plan_s,
+        "dry_run_s": dry_run_s,
+        "jobs": jobs,
+        "peak_rss_mb": peak_rss_mb,
+        "job_start_s": job_s,
+    }
 
 
 def main() -> None:
@@ -63,12 +77,13 @@ def main() -> None:
     parser.add_argument("--shards", type=int, nargs="+", default=[1280, 12800, 128000])
     parser.add_argument("--rows-per-shard", type=int, default=10)
     args = parser.parse_args()
-    print(f"{'shards':>8} {'jobs':>6} {'plan s':>7} {'dry-run s':>9} {'peak RSS MB':>11}")
+    print(f"{'shards':>8} {'jobs':>6} {'plan s':>7} {'dry-run s':>9} {'peak RSS MB':>11} {'job start-up s':>14}")
     for shards in args.shards:
         with tempfile.TemporaryDirectory() as folder:
             row = measure(shards, args.rows_per_shard, Path(folder))
         print(
-            f"{row['shards']:>8} {row['jobs']:>6} {row['plan_s']:>7.1f} {row['dry_run_s']:>9.1f} {row['peak_rss_mb']:>11.0f}"
+            f"{row['shards']:>8} {row['jobs']:>6} {row['plan_s']:>7.1f} {row['dry_run_s']:>9.1f} "
+            f"{row['peak_rss_mb']:>11.0f} {row['job_start_s']:>14.1f}"
         )
 
 

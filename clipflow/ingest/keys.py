@@ -7,7 +7,6 @@ cannot occur in a URL, so ("a b", "c") and ("a", "b c") never collide. DuckDB's 
 with it).
 """
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,9 +15,11 @@ KEY_DTYPE = np.dtype("S16")
 _connection = None
 
 
-def _duckdb() -> duckdb.DuckDBPyConnection:
+def _duckdb():
     global _connection  # one per process: planning workers each hash on their own core
     if _connection is None:
+        import duckdb  # here: jobs that only read a plan do without it
+
         _connection = duckdb.connect(config={"threads": 1})
     return _connection
 

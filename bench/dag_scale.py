@@ -7,6 +7,7 @@ the start-up of one job as a cluster job starts it (`--mode remote --target-jobs
 load the plan, build that job's DAG; a dry run, so that nothing downloads).
 
     python bench/dag_scale.py --shards 1280 12800 128000
+    python bench/dag_scale.py --shards 128000 --shards-per-job 128 256   # the datacomp_large preset's jobs
 """
 
 import argparse
@@ -45,19 +46,21 @@ def run_measured(command: list[str], cwd: Path) -> tuple[float, float, str]:
     return seconds, usage.ru_maxrss / 1024, text
 
 
-def measure(shards: int, rows_per_shard: int, folder: Path) -> dict:
+def measure(shards: int, rows_per_shard: int, per_job: tuple[int, int], folder: Path) -> dict:
     write_metadata(folder / "metadata.parquet", shards * rows_per_shard)
     config = {
         "input": {"paths": ["metadata.parquet"]},
         "demo": {"enabled": False},
         "plan": {"samples_per_shard": rows_per_shard},
+        "download": {"shards_per_job": per_job[0]},
+        "embed": {"shards_per_job": per_job[1]},
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     plan_s, _, _ = run_measured([sys.executable, "-m", "clipflow.cli", "plan", "--config", "config.yaml"], folder)
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml"]
     dry_run_s, peak_rss_mb, output = run_measured([*command, "--dry-run", "--cores", "1", "--quiet", "rules"], folder)
     jobs = next(int(line.split()[-1]) for line in output.splitlines() if line.split()[:1] == ["total"])
-    batch = f"{(shards - 1) // 32 * 32:08d}"  # the last download batch (download.shards_per_job: 32)
+    batch = f"{(shards - 1) // per_job[0] * per_job[0]:08d}"  # the last download batch
     one_job = ["--target-jobs", f"download_batch:batch={batch}", "--allowed-rules", "download_batch"]
     job_s, _, _ = run_measured(
         [*command, *one_job, "--mode", "remote", "--nolock", "--dry-run", "--cores", "1"], folder
@@ -76,11 +79,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, nargs="+", default=[1280, 12800, 128000])
     parser.add_argument("--rows-per-shard", type=int, default=10)
+    parser.add_argument(
+        "--shards-per-job", type=int, nargs=2, default=[32, 64], help="download and embed shards_per_job (defaults)"
+    )
     args = parser.parse_args()
     print(f"{'shards':>8} {'jobs':>6} {'plan s':>7} {'dry-run s':>9} {'peak RSS MB':>11} {'job start-up s':>14}")
     for shards in args.shards:
         with tempfile.TemporaryDirectory() as folder:
-            row = measure(shards, args.rows_per_shard, Path(folder))
+            row = measure(shards, args.rows_per_shard, tuple(args.shards_per_job), Path(folder))
         print(
             f"{row['shards']:>8} {row['jobs']:>6} {row['plan_s']:>7.1f} {row['dry_run_s']:>9.1f} "
             f"{row['peak_rss_mb']:>11.0f} {row['job_start_s']:>14.1f}"

@@ -51,6 +51,14 @@ def rows_path(folder: Path | str, shard: str) -> Path:
     return Path(folder) / f"{shard}.parquet"
 
 
+def listed_folder(listing: Path | str) -> Path:
+    """The shards folder whose download batches a listing (clipflow.workflow.write_listing) names: their records
+    sit in its batches/."""
+    from clipflow.workflow import listed
+
+    return Path(listed(listing)[0]).parent.parent
+
+
 def downloaded_rows(listing: Path | str) -> list[str]:
     """Every downloaded shard's parquet, in the pool's order, from the listing of the download batches' records
     (clipflow.workflow.write_listing); each record, in the shards folder's batches/, names its shards."""

@@ -18,8 +18,8 @@ EMBEDDINGS_DIR = "results/embeddings"
 INDEX_DIR = "results/index"
 MODEL_MANIFEST = "results/model.json"
 # One file each standing for every download batch's and every embedding chunk's record (see write_listing).
-DOWNLOADED = f"{SHARDS_DIR}/batches.json"
-EMBEDDED = f"{EMBEDDINGS_DIR}/chunks.json"
+DOWNLOADED = "results/listings/batches.json"
+EMBEDDED = "results/listings/chunks.json"
 CURATE_DIR = "results/curate"
 AESTHETIC_DIR = f"{CURATE_DIR}/aesthetic_embeddings"
 SUBSETS_DIR = f"{CURATE_DIR}/subsets"
@@ -134,7 +134,7 @@ def filter_assets(wildcards):
 
 
 def filter_embeddings(wildcards):
-    return [EMBEDDED] if filter_modality(wildcards) else []
+    return {"chunks": EMBEDDED} if filter_modality(wildcards) else {}
 
 
 def score_models(wildcards):

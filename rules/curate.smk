@@ -39,8 +39,8 @@ rule aesthetic_embeddings:
 
 rule curate_filter:
     input:
+        unpack(filter_embeddings),
         pool=f"{CURATE_DIR}/pool.parquet",
-        chunks=filter_embeddings,
         assets=filter_assets,
     output:
         table=f"{CURATE_DIR}/filters/{{filter}}.parquet",

@@ -9,7 +9,7 @@ from clipflow.curate.plots import plot_examples, plot_filter_effects, plot_score
 from clipflow.curate.subset import REMOVED_ROW_GROUP, combine, examples, removed_rows, uid_array
 from clipflow.evaluate.holdout import HELD_OUT
 from clipflow.logs import redirect_to_log
-from clipflow.shards import ShardReader
+from clipflow.shards import ShardReader, listed_folder
 
 with redirect_to_log(snakemake.log[0]):
     pool = pd.read_parquet(snakemake.input.pool)
@@ -32,6 +32,6 @@ with redirect_to_log(snakemake.log[0]):
     plot_filter_effects(summary, snakemake.output.effects)
     plot_score_cut(pool["clip_score"].to_numpy(), keep, thresholds, snakemake.output.score_cut)
     # shards sit beside batches/; a subset chosen before the download (embed.precomputed) has no images yet
-    batches = snakemake.input.get("batches")  # the downloads' listing, in the shards folder
-    reader = ShardReader(Path(batches).parent) if batches else None
+    batches = snakemake.input.get("batches")  # the downloads' listing
+    reader = ShardReader(listed_folder(batches)) if batches else None
     plot_examples(examples(pool, keep, tables, reader), snakemake.output.examples)

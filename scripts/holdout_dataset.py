@@ -7,7 +7,7 @@ from clipflow import files
 from clipflow.errors import ClipflowError
 from clipflow.evaluate.holdout import choose, write_retrieval_dataset
 from clipflow.logs import redirect_to_log
-from clipflow.shards import ShardReader
+from clipflow.shards import ShardReader, listed_folder
 
 BATCH = 1_000_000
 
@@ -18,7 +18,7 @@ with redirect_to_log(snakemake.log[0]):
     held = pd.concat(
         [rows.to_pandas()[~flags.column("keep").to_numpy(zero_copy_only=False)] for rows, flags in zip(pool, keep)]
     )
-    reader = ShardReader(Path(snakemake.input.batches).parent)  # the downloads' listing is in the shards folder
+    reader = ShardReader(listed_folder(snakemake.input.batches))
     samples = choose(held, reader, snakemake.params.max_samples)
     print(f"{len(held)} rows held out, {len(samples)} with an image in the evaluation's slice")
     if len(samples) < 2:

@@ -322,7 +322,8 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
     processes = config["plan"].get("processes") or available_cores()
     sizes = [_size(source) for source in new_sources]
     groups = _groups(list(enumerate(new_sources, start=len(state["sources"]))), sizes, processes * TASKS_PER_PROCESS)
-    bucket_ranges = [range(b[0], b[-1] + 1) for b in np.array_split(np.arange(BUCKETS), processes * TASKS_PER_PROCESS)]
+    tasks = min(BUCKETS, processes * TASKS_PER_PROCESS)
+    bucket_ranges = [range(b[0], b[-1] + 1) for b in np.array_split(np.arange(BUCKETS), tasks)]
     spills = [work / "spill" / f"{task:05d}" for task in range(len(groups))]
     duplicate_files = [work / "duplicates" / f"{number:03d}.npy" for number in range(len(bucket_ranges))]
     columns = Columns.from_config(config["input"])

@@ -51,24 +51,28 @@ def rows_path(folder: Path | str, shard: str) -> Path:
     return Path(folder) / f"{shard}.parquet"
 
 
-def listed_folder(listing: Path | str) -> Path:
-    """The shards folder whose download batches a listing (clipflow.workflow.write_listing) names: their records
-    sit in its batches/."""
-    from clipflow.workflow import listed
+def write_listing(records: list[str], path: Path | str) -> None:
+    """One file standing for many job records (every download batch, every embedding chunk): jobs over the whole
+    pool take it as their one input, where thousands of inputs each would cost Snakemake ~0.3 ms a file in every
+    call, and several seconds in every cluster job's start-up, at 128,000 shards."""
+    files.write_json(path, {"records": list(records)})
 
+
+def listed(listing: Path | str) -> list[str]:
+    """The job records a listing stands for, in the pool's order."""
+    return json.loads(Path(listing).read_text())["records"]
+
+
+def listed_folder(listing: Path | str) -> Path:
+    """The folder the listed records describe: the shards folder (records in its batches/) or the embeddings
+    folder (records in its info/)."""
     return Path(listed(listing)[0]).parent.parent
 
 
-def downloaded_rows(listing: Path | str) -> list[str]:
-    """Every downloaded shard's parquet, in the pool's order, from the listing of the download batches' records
-    (clipflow.workflow.write_listing); each record, in the shards folder's batches/, names its shards."""
-    from clipflow.workflow import listed
-
-    paths = []
-    for record in listed(listing):
-        folder = Path(record).parent.parent
-        paths += [str(rows_path(folder, shard)) for shard in json.loads(Path(record).read_text())["shards"]]
-    return paths
+def listed_shards(listing: Path | str) -> tuple[Path, list[str]]:
+    """The folder the listed records describe and every shard they name, in the pool's order."""
+    shards = [shard for record in listed(listing) for shard in json.loads(Path(record).read_text())["shards"]]
+    return listed_folder(listing), shards
 
 
 def stats_path(folder: Path | str, shard: str) -> Path:

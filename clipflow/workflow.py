@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from clipflow import demo, files
+from clipflow import demo
 from clipflow.errors import ClipflowError
 from clipflow.ingest.planner import Plan, load_plan, make_plan
 
@@ -21,18 +21,6 @@ def workflow_plan(config: dict, plan_dir: str, demo_dir: str, is_main_process: b
     if config["demo"]["enabled"]:
         demo.write_metadata(f"{demo_dir}/metadata.csv", config["demo"]["images"], config["demo"]["port"])
     return make_plan(config, plan_dir)
-
-
-def write_listing(records: list[str], path: Path | str) -> None:
-    """One file standing for many job records (every download batch, every embedding chunk): jobs over the whole
-    pool take it as their one input, where thousands of inputs each would cost Snakemake ~0.3 ms a file in every
-    call, and several seconds in every cluster job's start-up, at 128,000 shards."""
-    files.write_json(path, {"records": list(records)})
-
-
-def listed(path: Path | str) -> list[str]:
-    """The records a listing stands for, in plan order."""
-    return json.loads(Path(path).read_text())["records"]
 
 
 def consecutive(shards: list[str], size: int) -> dict[str, list[str]]:

@@ -3,12 +3,13 @@ import pandas as pd
 from clipflow import files
 from clipflow.curate.filters import run_filter
 from clipflow.embed import embedding_files
+from clipflow.shards import listed_shards
 from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
     pool = pd.read_parquet(snakemake.input.pool)
     modality = snakemake.params.modality  # the embeddings the filter reads besides the pool, if any
-    embeddings = embedding_files(snakemake.input.chunks, modality) if modality else []
+    embeddings = embedding_files(*listed_shards(snakemake.input.chunks), modality) if modality else []
     table, info = run_filter(snakemake.params.options, pool, embeddings)
     files.write_parquet(table, snakemake.output.table)
     files.write_json(snakemake.output.info, info)

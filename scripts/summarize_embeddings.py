@@ -1,11 +1,12 @@
 from clipflow import files
 from clipflow.embed import embedding_files
-from clipflow.workflow import listed
+from clipflow.shards import listed, listed_shards
 from clipflow.embed.summary import plot_similarity, plot_throughput, summarize_embeddings
 from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
-    image, text = (embedding_files(snakemake.input.chunks, kind) for kind in ("image", "text"))
+    folder, shards = listed_shards(snakemake.input.chunks)  # the embeddings folder, the pool's shards
+    image, text = (embedding_files(folder, shards, kind) for kind in ("image", "text"))
     summary = summarize_embeddings(listed(snakemake.input.chunks), image, text)
     files.write_json(snakemake.output.summary, summary)
     plot_throughput(summary, snakemake.output.throughput)

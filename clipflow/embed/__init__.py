@@ -4,7 +4,6 @@ The embeddings folder holds, per shard, `image/NNNNNNNN.npy` and `text/NNNNNNNN.
 aligned row for row with `metadata/NNNNNNNN.parquet`, and per embedding job (chunk) `info/NNNNNNNN.json`.
 """
 
-import json
 from pathlib import Path
 
 SHARD_FILES = {"image": "image/{shard}.npy", "text": "text/{shard}.npy", "metadata": "metadata/{shard}.parquet"}
@@ -15,14 +14,6 @@ def shard_outputs(folder: Path | str, shard: str) -> dict[str, Path]:
     return {kind: Path(folder) / pattern.format(shard=shard) for kind, pattern in SHARD_FILES.items()}
 
 
-def embedding_files(listing: Path | str, kind: str) -> list[str]:
-    """Every shard's `kind` file, in the pool's order, from the listing of the embedding chunks' records
-    (clipflow.workflow.write_listing); each record, in the embeddings folder's info/, names its shards."""
-    from clipflow.workflow import listed
-
-    paths = []
-    for record in listed(listing):
-        folder = Path(record).parent.parent
-        shards = json.loads(Path(record).read_text())["shards"]
-        paths += [str(folder / SHARD_FILES[kind].format(shard=shard)) for shard in shards]
-    return paths
+def embedding_files(folder: Path | str, shards: list[str], kind: str) -> list[str]:
+    """The `kind` file of each of `shards` in the embeddings folder `folder`, in order."""
+    return [str(Path(folder) / SHARD_FILES[kind].format(shard=shard)) for shard in shards]

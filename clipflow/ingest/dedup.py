@@ -16,8 +16,6 @@ import numpy as np
 from clipflow.ingest.keys import KEY_DTYPE
 
 BUCKETS = 256
-
-
 SPILL_ROWS = 1 << 20  # pairs held before they are written out: ~24 MB
 
 
@@ -59,11 +57,10 @@ class KeySpill:
 
     def buckets(self, buckets: range) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Each bucket's (keys, sequence numbers) in input order, reading each chunk once (memory-mapped)."""
-        chunks = []
+        chunks, mapped = [], partial(np.load, mmap_mode="r")
         for number in range(self.chunks):
             chunk = self.folder / f"{number:06d}"
-            load = partial(np.load, mmap_mode="r")
-            chunks.append((load(f"{chunk}.keys.npy"), load(f"{chunk}.seqs.npy"), np.load(f"{chunk}.bounds.npy")))
+            chunks.append((mapped(f"{chunk}.keys.npy"), mapped(f"{chunk}.seqs.npy"), np.load(f"{chunk}.bounds.npy")))
         for bucket in buckets:
             spans = [(keys, seqs, slice(bounds[bucket], bounds[bucket + 1])) for keys, seqs, bounds in chunks]
             yield (
@@ -103,12 +100,13 @@ def deduplicate(buckets: range, spills: list[KeySpill], previous: KeyStore, upda
                 shutil.copyfile(previous.folder / f"{bucket:03d}.npy", target)
             continue
         # Spill order is input order, and np.unique's return_index (a stable sort) finds first occurrences.
+        # A row is new only as the first occurrence of a key not planned before: one isin per distinct key.
         distinct, first = np.unique(keys, return_index=True)
+        planned_before = np.isin(distinct, known)
         repeated = np.ones(len(keys), dtype=bool)
-        repeated[first] = False
-        repeated |= np.isin(keys, known)
+        repeated[first[~planned_before]] = False
         duplicates.append(seqs[repeated])
-        unseen = distinct[~np.isin(distinct, known)] if len(known) else distinct
+        unseen = distinct[~planned_before]
         np.save(target, np.sort(np.concatenate([known, unseen])) if len(known) else unseen)
     return np.sort(np.concatenate(duplicates)) if duplicates else np.empty(0, np.int64)
 

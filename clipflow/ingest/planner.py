@@ -146,9 +146,13 @@ def _ingest(task: int, group: list[tuple[int, Source]], columns: Columns, work: 
     return counts
 
 
-def _deduplicate(buckets: range, out: Path, spill_folders: list[Path], previous: Path | None, keys: Path) -> None:
-    """Pass 2 over a range of key buckets: the sorted sequence numbers of their duplicate rows, saved to `out`."""
-    np.save(out, deduplicate(buckets, [KeySpill(f) for f in spill_folders], KeyStore(previous), keys))
+def _deduplicate(buckets: range, out: Path, spill_folders: list[Path], previous: Path | None, keys: Path) -> dict:
+    """Pass 2 over a range of key buckets: the sorted sequence numbers of their duplicate rows, saved to `out`;
+    returns how many of them each source holds."""
+    duplicates = deduplicate(buckets, [KeySpill(f) for f in spill_folders], KeyStore(previous), keys)
+    np.save(out, duplicates)
+    sources, counts = np.unique(duplicates >> ROW_BITS, return_counts=True)
+    return dict(zip(sources.tolist(), counts.tolist()))
 
 
 def _duplicates_of(index: int, duplicate_files: list[Path]) -> np.ndarray:
@@ -215,12 +219,13 @@ def _cut(group: list[dict], cutter: dict, duplicate_files: list[Path], folder: P
         duplicates = _duplicates_of(index, duplicate_files)
         path = _staged_path(work, index)
         invalid_rows = pq.read_table(_invalid_path(work, index))
-        reasons = dict(zip(invalid_rows["source_row"].to_pylist(), invalid_rows["reason"].to_pylist()))
+        invalid_row_numbers = invalid_rows["source_row"].to_numpy()
+        reasons = dict(zip(invalid_row_numbers.tolist(), invalid_rows["reason"].to_pylist()))
         staged = pa.ipc.open_file(pa.memory_map(str(path))) if path.exists() else None
         for number in range(staged.num_record_batches if staged else 0):
             batch = pa.Table.from_batches([staged.get_batch(number)])
             rows = batch["source_row"].to_numpy()
-            invalid = np.isin(rows, invalid_rows["source_row"].to_numpy())
+            invalid = np.isin(rows, invalid_row_numbers)
             duplicate = np.isin((index << ROW_BITS) | rows, duplicates, assume_unique=True)
             batch = batch.add_column(batch.num_columns - 1, "source", pa.array(np.full(len(rows), index)))
             drop = invalid | duplicate
@@ -329,29 +334,25 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
     columns = Columns.from_config(config["input"])
     with _pool(processes, sum(sizes)) as pool:
         ingest = partial(_ingest, columns=columns, work=work)
-        counts = [count for group in pool.map(ingest, range(len(groups)), groups) for count in group]
+        group_counts = list(pool.map(ingest, range(len(groups)), groups))
+        counts = [count for group in group_counts for count in group]
         if sum(c["rows"] for c in counts) + sum(p["rows"] for p in state["sources"]) == 0:
             remove_tree(work)
             raise ClipflowError(f"input.paths: the files {[s.path for s in sources]} hold no rows")
         dedup = partial(_deduplicate, spill_folders=spills, previous=previous_keys, keys=key_folder)
-        list(pool.map(dedup, bucket_ranges, duplicate_files))
+        per_source = list(pool.map(dedup, bucket_ranges, duplicate_files))  # duplicates by source, per bucket range
         for count in counts:
-            count["duplicates"] = len(_duplicates_of(count["index"], duplicate_files))
+            count["duplicates"] = sum(found.get(count["index"], 0) for found in per_source)
             count["planned"] = count["rows"] - count["duplicates"] - count["invalid"]
         # Each group's planned rows start where the previous group's end: it can cut its shards on its own.
-        new_rows, first_id, size = (
-            sum(c["planned"] for c in counts),
-            len(state["shards"]),
-            settings["samples_per_shard"],
-        )
-        in_order = iter(counts)
-        cut_groups = [[next(in_order) for _ in group] for group in groups]
+        new_rows = sum(count["planned"] for count in counts)
+        first_id, size = len(state["shards"]), settings["samples_per_shard"]
         cutters, start = [], 0
-        for group in cut_groups:
+        for group in group_counts:
             cutters.append({"size": size, "first_id": first_id, "start": start, "total": new_rows})
             start += sum(count["planned"] for count in group)
         cut = partial(_cut, duplicate_files=duplicate_files, folder=folder, work=work)
-        list(pool.map(cut, cut_groups, cutters))
+        list(pool.map(cut, group_counts, cutters))
     for pieces in sorted((work / "pieces").iterdir()):
         parts = [pq.read_table(path) for path in sorted(pieces.iterdir())]
         _write_shard(

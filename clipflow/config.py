@@ -24,11 +24,16 @@ SIZING = {
     "index": ("mem_mb",),
     "curate": ("mem_mb",),
     "curate.reshard": ("processes", "mem_mb"),
+    "curate.near_duplicates": ("mem_mb",),
     "train": ("gpus", "workers", "mem_mb", "runtime"),
     "evaluate": ("batch_size", "mem_mb"),
 }
 # Settings that group shards into jobs: changing one regroups those jobs, which then run again.
-GROUPING = {"download": ("shards_per_job",), "embed": ("shards_per_job",)}
+GROUPING = {
+    "download": ("shards_per_job",),
+    "embed": ("shards_per_job",),
+    "curate.near_duplicates": ("cluster_groups",),
+}
 # Settings added after the first release, at the values that do what the workflow did before they existed: left
 # out of the rules' params there, so that a finished run, upgraded, reruns nothing.
 NEUTRAL = {"download": {"resize_only_if_bigger": False, "bbox_col": None, "subset": None}}

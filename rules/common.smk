@@ -23,6 +23,7 @@ EMBEDDED = "results/listings/chunks.json"
 CURATE_DIR = "results/curate"
 AESTHETIC_DIR = f"{CURATE_DIR}/aesthetic_embeddings"
 SUBSETS_DIR = f"{CURATE_DIR}/subsets"
+NEAR_DUPLICATES_DIR = f"{CURATE_DIR}/near_duplicates"
 TRAIN_DIR = "results/train"
 EVALUATE_DIR = "results/evaluate"
 HOLDOUT_DIR = f"{EVALUATE_DIR}/holdout"
@@ -35,6 +36,7 @@ wildcard_constraints:
     chunk=r"\d{8}",
     modality="image|text",
     filter=r"[A-Za-z0-9_-]+",
+    group=r"\d+",
     subset=r"[A-Za-z0-9_-]+",
 
 
@@ -134,7 +136,23 @@ def filter_assets(wildcards):
 
 
 def filter_embeddings(wildcards):
+    """What a filter reads besides the pool: the embeddings, or the result of its own jobs (runs_as_jobs)."""
+    if make_filter(config["curate"]["filters"][wildcards.filter]).runs_as_jobs:
+        return {"prepared": f"{NEAR_DUPLICATES_DIR}/{wildcards.filter}/duplicate_of.npy"}
     return {"chunks": EMBEDDED} if filter_modality(wildcards) else {}
+
+
+def near_duplicate_options(wildcards):
+    return config["curate"]["filters"][wildcards.filter]
+
+
+def near_duplicate_pairs(wildcards):
+    groups = range(config["curate"]["near_duplicates"]["cluster_groups"])
+    return [
+        f"{NEAR_DUPLICATES_DIR}/{wildcards.filter}/pairs/{group}{suffix}"
+        for group in groups
+        for suffix in (".npy", ".bounds.npy")
+    ]
 
 
 def score_models(wildcards):

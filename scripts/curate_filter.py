@@ -9,7 +9,10 @@ from clipflow.logs import redirect_to_log
 with redirect_to_log(snakemake.log[0]):
     pool = pd.read_parquet(snakemake.input.pool)
     modality = snakemake.params.modality  # the embeddings the filter reads besides the pool, if any
-    embeddings = embedding_files(*listed_shards(snakemake.input.chunks), modality) if modality else []
-    table, info = run_filter(snakemake.params.options, pool, embeddings)
+    if "prepared" in snakemake.input.keys():  # the result of the filter's own jobs stands for the embeddings
+        arrays = [snakemake.input.prepared]
+    else:
+        arrays = embedding_files(*listed_shards(snakemake.input.chunks), modality) if modality else []
+    table, info = run_filter(snakemake.params.options, pool, arrays)
     files.write_parquet(table, snakemake.output.table)
     files.write_json(snakemake.output.info, info)

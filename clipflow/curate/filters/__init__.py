@@ -43,10 +43,11 @@ def options_schema() -> dict:
     }
 
 
-def run_filter(options: dict, pool: pd.DataFrame, embedding_paths: list) -> tuple[pd.DataFrame, dict]:
+def run_filter(options: dict, pool: pd.DataFrame, array_paths: list) -> tuple[pd.DataFrame, dict]:
     """One configured filter over the pool: a table (key, keep, detail) aligned with the pool, and an info
-    record (options, counts, and what the filter resolved, e.g. the threshold a top_fraction gave)."""
-    embeddings = [np.load(path, mmap_mode="r") for path in embedding_paths]
+    record (options, counts, and what the filter resolved, e.g. the threshold a top_fraction gave).
+    `array_paths`: the .npy files it reads (the embeddings, or its own jobs' result), memory-mapped."""
+    embeddings = [np.load(path, mmap_mode="r") for path in array_paths]
     decision = make_filter(options).decide(pool, embeddings)
     keep = decision.keep
     info = {

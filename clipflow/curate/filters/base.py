@@ -34,6 +34,9 @@ class Filter:
     options_schema: dict = {}  # JSON schema of the options besides `kind`, with their defaults
     required: tuple[str, ...] = ()
     score_model: str | None = None  # the curate.scores head whose pool column the filter reads, if any
+    # A filter whose work no one job can hold at scale runs it first as jobs of its own (rules/near_duplicates.smk
+    # for semantic_dedup, the one such kind); decide() then gets their per-row result in place of the embeddings.
+    runs_as_jobs: bool = False
 
     def __init__(self, options: dict):
         self.options = options

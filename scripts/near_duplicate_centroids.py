@@ -1,0 +1,7 @@
+from clipflow.curate.near_duplicate_jobs import write_centroids
+from clipflow.logs import redirect_to_log
+from clipflow.shards import listed_shards
+
+with redirect_to_log(snakemake.log[0]):
+    folder, shards = listed_shards(snakemake.input.chunks)
+    write_centroids(folder, shards, snakemake.params.options, snakemake.output.centroids, snakemake.output.layout)

@@ -146,6 +146,12 @@ def near_duplicate_options(wildcards):
     return config["curate"]["filters"][wildcards.filter]
 
 
+def near_duplicate_clustering(wildcards):
+    """The options that shape the clusters (not the threshold, which only the pairs and what follows use)."""
+    options = near_duplicate_options(wildcards)
+    return {key: options[key] for key in ("modality", "rows_per_cluster", "max_clusters", "seed")}
+
+
 def near_duplicate_pairs(wildcards):
     groups = range(config["curate"]["near_duplicates"]["cluster_groups"])
     return [

@@ -21,7 +21,7 @@ rule near_duplicate_centroids:
         mem_mb=lambda wildcards, attempt: config["curate"]["near_duplicates"]["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
-        options=near_duplicate_options,
+        options=near_duplicate_clustering,
     script:
         "../scripts/near_duplicate_centroids.py"
 

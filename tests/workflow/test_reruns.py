@@ -14,8 +14,17 @@ DOWNLOADS = ["download_batch[00000000]", "download_batch[00000001]", "list_batch
 EMBEDDINGS = ["embed_chunk[00000000]", "list_chunks", "summarize_embeddings"]
 INDICES = ["build_index[image]", "build_index[text]"]
 INDEX_VECTORS = ["index_vectors[image]", "index_vectors[text]"]
+NEAR_DUPLICATES = [  # the demo's semantic_dedup filter, as jobs: one embedding chunk, two cluster groups
+    "near_duplicate_centroids[near_duplicates]",
+    "near_duplicate_assign[near_duplicates]",
+    "list_near_duplicate_assignments[near_duplicates]",
+    "near_duplicate_pairs[near_duplicates]",
+    "near_duplicate_pairs[near_duplicates]",
+    "near_duplicate_decide[near_duplicates]",
+]
 CURATION = [
     "curate_pool",
+    *NEAR_DUPLICATES,
     *(f"curate_filter[{name}]" for name in ("basic", "clip_top_half", "near_duplicates", "round_shapes")),
     "curate_subset[clip_basic_dedup]",
     "curate_subset[round_shapes]",

@@ -32,6 +32,11 @@ CURATION_JOBS = [  # the demo config's curation, on CPU nodes
     "curate_filter[near_duplicates]",
     "curate_filter[round_shapes]",
     "curate_pool",
+    "near_duplicate_centroids[near_duplicates]",
+    "near_duplicate_assign[near_duplicates_00000000]",
+    "near_duplicate_pairs[near_duplicates_0]",
+    "near_duplicate_pairs[near_duplicates_1]",
+    "near_duplicate_decide[near_duplicates]",
     "curate_subset[clip_basic_dedup]",
     "curate_subset[round_shapes]",
     "reshard[clip_basic_dedup]",
@@ -67,7 +72,8 @@ def submitted_jobs(output: str, workdir: Path) -> dict[str, str]:
     for array_id in SUBMITTED_ARRAY.findall(output):
         for log in (workdir / "logs/slurm").glob(f"rule_*/{array_id}_*.log"):
             # the task's own job, after the array's first job that the log shows first
-            wildcards = re.search(r"wildcards: \w+=(\S+)", log.read_text().split("localrule ", 1)[1]).group(1)
+            values = re.search(r"wildcards: (.+)", log.read_text().split("localrule ", 1)[1]).group(1).split(", ")
+            wildcards = "_".join(value.split("=", 1)[1] for value in values)  # as the plugin names log folders
             jobs[log.stem] = f"{log.parent.name.removeprefix('rule_')}[{wildcards}]"
     return jobs
 

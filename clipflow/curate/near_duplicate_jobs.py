@@ -9,7 +9,7 @@ one process, from the same steps, with no job holding the pool:
 4. decide: the greedy pass over the pairs, range by range, with a bit per row; writes each row's duplicate_of.
 
 Memory of one job, for P pool rows and d dimensions, with at most max_clusters (K) clusters: centroids 64 K
-sampled rows (4 d bytes each); assign, its chunk's rows (2 cluster entries of ~32 bytes, and a shard's vectors);
+sampled rows (4 d bytes each); assign, ~80 bytes a row of its chunk (cluster entries and their order) and a shard;
 pairs, the largest cluster of its group (its vectors as float32) and its group's pairs; decide, P/8 bytes and
 one range's pairs.
 """

@@ -125,19 +125,23 @@ def all_chunk_records():
     return [chunk_record(chunk) for chunk in CHUNKS]
 
 
+def configured_filter(wildcards):
+    return make_filter(config["curate"]["filters"][wildcards.filter])
+
+
 def filter_modality(wildcards):
     """The embeddings a filter reads besides the pool: "image", "text" or None (most kinds)."""
-    return make_filter(config["curate"]["filters"][wildcards.filter]).embeddings()
+    return configured_filter(wildcards).embeddings()
 
 
 def filter_assets(wildcards):
     """Local files a filter reads (vocabulary, language model, centroids): a changed file reruns it."""
-    return make_filter(config["curate"]["filters"][wildcards.filter]).assets()
+    return configured_filter(wildcards).assets()
 
 
 def filter_embeddings(wildcards):
     """What a filter reads besides the pool: the embeddings, or the result of its own jobs (runs_as_jobs)."""
-    if make_filter(config["curate"]["filters"][wildcards.filter]).runs_as_jobs:
+    if configured_filter(wildcards).runs_as_jobs:
         return {"prepared": f"{NEAR_DUPLICATES_DIR}/{wildcards.filter}/duplicate_of.npy"}
     return {"chunks": EMBEDDED} if filter_modality(wildcards) else {}
 
@@ -153,12 +157,13 @@ def near_duplicate_clustering(wildcards):
 
 
 def near_duplicate_pairs(wildcards):
+    """Every cluster group's pairs and their row-range bounds, group by group."""
     groups = range(config["curate"]["near_duplicates"]["cluster_groups"])
-    return [
-        f"{NEAR_DUPLICATES_DIR}/{wildcards.filter}/pairs/{group}{suffix}"
-        for group in groups
-        for suffix in (".npy", ".bounds.npy")
-    ]
+    folder = f"{NEAR_DUPLICATES_DIR}/{wildcards.filter}/pairs"
+    return {
+        "pairs": [f"{folder}/{group}.npy" for group in groups],
+        "bounds": [f"{folder}/{group}.bounds.npy" for group in groups],
+    }
 
 
 def score_models(wildcards):

@@ -93,7 +93,7 @@ rule near_duplicate_pairs:
 
 rule near_duplicate_decide:
     input:
-        pairs=near_duplicate_pairs,
+        unpack(near_duplicate_pairs),
         layout=f"{NEAR_DUPLICATES_DIR}/{{filter}}/layout.json",
     output:
         duplicate_of=f"{NEAR_DUPLICATES_DIR}/{{filter}}/duplicate_of.npy",

@@ -5,9 +5,8 @@ from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
     layout = read_layout(snakemake.input.layout)
-    pairs = snakemake.input.pairs
     dropped = write_decisions(
-        [{"pairs": path, "bounds": bounds} for path, bounds in zip(pairs[::2], pairs[1::2])],
+        [{"pairs": pairs, "bounds": bounds} for pairs, bounds in zip(snakemake.input.pairs, snakemake.input.bounds)],
         layout,
         snakemake.output.duplicate_of,
     )

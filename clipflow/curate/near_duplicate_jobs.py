@@ -25,30 +25,26 @@ from clipflow.curate.near_duplicates import (
     assign,
     cluster_count,
     similar_pairs,
-    take,
     train_centroids,
     training_sample,
 )
 from clipflow.embed import embedding_files
+from clipflow.index.vectors import StoredVectors, row_counts
 
 RANGE_ROWS = 2**22  # rows the greedy pass takes at once
-
-
-def _rows(path: str) -> int:
-    return len(np.load(path, mmap_mode="r"))
 
 
 def write_centroids(folder: Path | str, shards: list[str], options: dict, centroids: Path, layout: Path) -> None:
     """The k-means centroids of the pool's `options["modality"]` embeddings, and the pool's layout: its rows,
     its clusters and where each shard starts."""
     paths = embedding_files(folder, shards, options["modality"])
-    sizes = [_rows(path) for path in paths]
-    rows = sum(sizes)
-    starts = np.cumsum([0] + sizes[:-1]).astype(np.int64)
+    stored = StoredVectors(paths, row_counts(paths))
+    rows = len(stored)
     clusters = cluster_count(rows, options["rows_per_cluster"], options["max_clusters"])
-    sample = take(paths, starts, training_sample(rows, clusters, options["seed"]))
+    sample = stored.take(training_sample(rows, clusters, options["seed"]))
     np.save(centroids, train_centroids(sample, clusters, options["seed"]))
-    files.write_json(layout, {"rows": rows, "clusters": clusters, "shards": shards, "starts": starts.tolist()})
+    starts = stored.starts[:-1].tolist()
+    files.write_json(layout, {"rows": rows, "clusters": clusters, "shards": shards, "starts": starts})
 
 
 def read_layout(path: Path | str) -> dict:
@@ -62,20 +58,16 @@ def write_assignment(folder: Path | str, shards: list[str], modality: str, layou
     start_of = dict(zip(layout["shards"], layout["starts"]))
     paths = embedding_files(folder, shards, modality)
     assignments = [assign(np.load(path), centroids) for path in paths]
-    per_row = assignments[0].shape[1] if assignments else 1
-    clusters = np.concatenate([a.ravel() for a in assignments]) if assignments else np.empty(0, np.int64)
-    rows = np.concatenate(
-        [np.repeat(np.arange(len(a)) + start_of[shard], per_row) for a, shard in zip(assignments, shards)]
-        or [np.empty(0, np.int64)]
-    )
+    per_row = assignments[0].shape[1]  # a chunk has at least one shard
+    clusters = np.concatenate([a.ravel() for a in assignments])
+    rows = np.concatenate([np.repeat(np.arange(len(a)) + start_of[s], per_row) for a, s in zip(assignments, shards)])
     order = np.argsort(clusters, kind="stable")  # by cluster, pool order within each
     destination = np.empty_like(order)
     destination[order] = np.arange(len(order))
-    dimensions = np.load(paths[0], mmap_mode="r").shape[1] if paths else 0
-    dtype = np.load(paths[0], mmap_mode="r").dtype if paths else np.float16
-    vectors = np.lib.format.open_memmap(out["vectors"], "w+", dtype, (len(order), dimensions))
+    first = np.load(paths[0], mmap_mode="r")
+    vectors = np.lib.format.open_memmap(out["vectors"], "w+", first.dtype, (len(order), first.shape[1]))
     entry = 0
-    for path, assignment in zip(paths, assignments):
+    for path, assignment in zip(paths, assignments):  # each shard read again: the chunk is never held whole
         entries = assignment.size
         if entries:
             vectors[destination[entry : entry + entries]] = np.repeat(np.load(path), per_row, axis=0)

@@ -38,18 +38,6 @@ def training_sample(rows: int, clusters: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(rows, min(rows, SAMPLE_PER_CLUSTER * clusters), replace=False))
 
 
-def take(parts: list, starts: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Rows `rows` (ascending pool row numbers) of the arrays `parts`, which start at pool rows `starts`; a
-    part may be a path, loaded memory-mapped only while its rows are read."""
-    found = []
-    part_of = np.searchsorted(starts, rows, side="right") - 1
-    for number in np.unique(part_of):
-        part = parts[number]
-        array = np.load(part, mmap_mode="r") if isinstance(part, str) else part
-        found.append(np.asarray(array[rows[part_of == number] - starts[number]]))
-    return np.concatenate(found) if found else np.empty((0, 0), np.float16)
-
-
 def train_centroids(sample: np.ndarray, clusters: int, seed: int) -> np.ndarray:
     """Spherical k-means centroids (clusters x dim, float32); one cluster needs no training."""
     if clusters == 1:
@@ -120,11 +108,10 @@ def near_duplicates(
     rows = sum(sizes)
     if rows == 0:
         return np.full(0, -1, np.int64)
-    starts = np.cumsum([0] + sizes[:-1])
-    clusters = cluster_count(rows, rows_per_cluster, max_clusters)
-    centroids = train_centroids(take(parts, starts, training_sample(rows, clusters, seed)), clusters, seed)
-    assignment = np.concatenate([assign(part, centroids) for part in parts])
     vectors = np.concatenate([np.asarray(part) for part in parts])
+    clusters = cluster_count(rows, rows_per_cluster, max_clusters)
+    centroids = train_centroids(vectors[training_sample(rows, clusters, seed)], clusters, seed)
+    assignment = np.concatenate([assign(part, centroids) for part in parts])
     row_of = np.repeat(np.arange(rows), assignment.shape[1])
     order = np.argsort(assignment.ravel(), kind="stable")  # by cluster, pool order within each
     cluster_sizes = np.bincount(assignment.ravel(), minlength=clusters)

@@ -16,12 +16,13 @@ import numpy as np
 
 from clipflow import files
 from clipflow.errors import ClipflowError
+from clipflow.index.vectors import row_counts
 
 log = logging.getLogger(__name__)
 
 
 def vector_count(paths) -> int:
-    return sum(np.load(p, mmap_mode="r").shape[0] for p in paths)
+    return sum(row_counts(paths))
 
 
 def _exact_index(paths) -> faiss.Index:

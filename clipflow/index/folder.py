@@ -78,7 +78,7 @@ class ClipIndex:
         """The stored embeddings behind the index (None for an index folder written before they were listed)."""
         if modality not in self._stored:
             manifest = self.folder / f"{modality}.vectors.json"
-            stored = StoredVectors(self.folder, manifest) if manifest.exists() else None
+            stored = StoredVectors.from_manifest(self.folder, manifest) if manifest.exists() else None
             if stored is not None and len(stored) != self.metadata.num_rows:
                 raise ClipflowError(f"{manifest}: {len(stored)} vectors for {self.metadata.num_rows} metadata rows")
             self._stored[modality] = stored

@@ -15,22 +15,30 @@ RERANK_FACTOR = 4  # candidates per hit asked for, re-ranked exactly (1: the app
 OPEN_FILES = 1024  # memory maps kept open (each holds a file descriptor); the oldest closes first
 
 
+def row_counts(paths: list) -> list[int]:
+    """The rows of each .npy file, from its header."""
+    return [int(np.load(path, mmap_mode="r").shape[0]) for path in paths]
+
+
 def write_manifest(paths: list, folder: Path | str, manifest: Path | str) -> int:
     """List `paths` (in id order) with their row counts in `manifest`; returns the total rows."""
-    entries = []
-    for path in paths:
-        array = np.load(path, mmap_mode="r")
-        entries.append([os.path.relpath(path, folder), int(array.shape[0])])
+    entries = [[os.path.relpath(path, folder), rows] for path, rows in zip(paths, row_counts(paths))]
     files.write_json(manifest, {"files": entries})
     return sum(rows for _, rows in entries)
 
 
 class StoredVectors:
-    def __init__(self, folder: Path | str, manifest: Path | str):
-        entries = json.loads(Path(manifest).read_text())["files"]
-        self.paths = [Path(folder) / path for path, _ in entries]
-        self.starts = np.cumsum([0] + [rows for _, rows in entries])
+    """Rows of per-shard embedding files (`paths`, holding `rows` rows each) by their number across all of them."""
+
+    def __init__(self, paths: list, rows: list[int]):
+        self.paths = [Path(path) for path in paths]
+        self.starts = np.cumsum([0] + list(rows))
         self.maps: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def from_manifest(cls, folder: Path | str, manifest: Path | str) -> "StoredVectors":
+        entries = json.loads(Path(manifest).read_text())["files"]
+        return cls([Path(folder) / path for path, _ in entries], [rows for _, rows in entries])
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -42,9 +50,7 @@ class StoredVectors:
             try:
                 self.maps[number] = np.load(self.paths[number], mmap_mode="r")
             except OSError as error:
-                raise ClipflowError(
-                    f"{self.paths[number]}: an embedding file of the index is missing: {error}"
-                ) from None
+                raise ClipflowError(f"{self.paths[number]}: an embedding file is missing: {error}") from None
         return self.maps[number]
 
     def take(self, ids: np.ndarray) -> np.ndarray:

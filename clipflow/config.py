@@ -21,7 +21,7 @@ SIZING = {
     "plan": ("processes",),
     "download": ("threads", "mem_mb"),
     "embed": ("device", "batch_size", "workers", "mem_mb", "cache_dir"),
-    "index": ("mem_mb",),
+    "index": ("mem_mb", "part_mem_mb"),
     "curate": ("mem_mb",),
     "curate.reshard": ("processes", "mem_mb"),
     "curate.near_duplicates": ("mem_mb",),

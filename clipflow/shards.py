@@ -71,8 +71,13 @@ def listed_folder(listing: Path | str) -> Path:
 
 def listed_shards(listing: Path | str) -> tuple[Path, list[str]]:
     """The folder the listed records describe and every shard they name, in the pool's order."""
-    shards = [shard for record in listed(listing) for shard in json.loads(Path(record).read_text())["shards"]]
-    return listed_folder(listing), shards
+    return recorded_shards(listed(listing))
+
+
+def recorded_shards(records: list) -> tuple[Path, list[str]]:
+    """The folder that job records (in its batches/ or info/) describe and every shard they name, in order."""
+    shards = [shard for record in records for shard in json.loads(Path(record).read_text())["shards"]]
+    return Path(records[0]).parent.parent, shards
 
 
 def stats_path(folder: Path | str, shard: str) -> Path:

@@ -7,6 +7,7 @@ from clipflow.curate.filters import make_filter
 from clipflow.embed import SHARD_FILES
 from clipflow.embed.heads import RATINGS
 from clipflow.errors import ClipflowError
+from clipflow.index.builder import trained_rows, training_chunks
 from clipflow.shards import SUFFIXES
 from clipflow.train.hyperparameters import hyperparameters
 from clipflow.workflow import consecutive, reopen_incomplete, workflow_plan
@@ -55,6 +56,13 @@ PLAN = checked(workflow_plan, config, PLAN_DIR, DEMO_DIR, workflow.is_main_proce
 # at scale, and an embedding job loads the model once for many shards.
 BATCHES = consecutive(PLAN.shards, config["download"]["shards_per_job"])
 CHUNKS = consecutive(PLAN.shards, config["embed"]["shards_per_job"])
+# The index is trained for the planned pool's size, on its first chunks: growing the pool keeps that training
+# until it outgrows it by index.retrain_growth (see clipflow.index.builder).
+SHARD_ROWS = {shard["shard"]: shard["rows"] for shard in PLAN.state["shards"]}
+TRAINED_ROWS = trained_rows(sum(SHARD_ROWS.values()), config["index"])
+INDEX_TRAINING_CHUNKS = training_chunks(
+    {chunk: sum(SHARD_ROWS[shard] for shard in shards) for chunk, shards in CHUNKS.items()}, TRAINED_ROWS
+)
 
 
 def batch_record(batch):
@@ -123,6 +131,15 @@ def chunk_tars(wildcards):
 
 def all_chunk_records():
     return [chunk_record(chunk) for chunk in CHUNKS]
+
+
+def index_training_records(wildcards):
+    return [chunk_record(chunk) for chunk in INDEX_TRAINING_CHUNKS]
+
+
+def index_training_options():
+    """What the trained index depends on besides its rows (not the query-time budget, which only the merge uses)."""
+    return {key: config["index"][key] for key in ("metric", "max_index_memory_usage", "max_train_vectors")}
 
 
 def configured_filter(wildcards):
@@ -210,7 +227,8 @@ def benchmarks():
     return (
         expand(f"{BENCHMARKS_DIR}/download/{{batch}}.tsv", batch=BATCHES)
         + expand(f"{BENCHMARKS_DIR}/embed/{{chunk}}.tsv", chunk=CHUNKS)
-        + expand(f"{BENCHMARKS_DIR}/index/{{modality}}.tsv", modality=["image", "text"])
+        + expand(f"{BENCHMARKS_DIR}/index/{{modality}}/{{step}}.tsv", modality=["image", "text"], step=["train", "merge"])
+        + expand(f"{BENCHMARKS_DIR}/index/{{modality}}/add_{{chunk}}.tsv", modality=["image", "text"], chunk=CHUNKS)
         + expand(f"{BENCHMARKS_DIR}/curate/filter_{{name}}.tsv", name=config["curate"]["filters"])
         + expand(f"{BENCHMARKS_DIR}/curate/reshard_{{subset}}.tsv", subset=resharded_subsets())
         + expand(

@@ -1,13 +1,20 @@
-rule build_index:
+# The index as jobs (see clipflow.index.builder): train on a sample, add each embedding chunk to a copy of the
+# trained index, merge the parts into on-disk lists. New input files add parts; the training stays until the
+# pool outgrows it by index.retrain_growth.
+localrules:
+    list_index_parts,
+
+
+rule index_train:
     input:
-        chunks=EMBEDDED,
+        chunks=index_training_records,
     output:
-        index=f"{INDEX_DIR}/{{modality}}.index",
-        infos=f"{INDEX_DIR}/{{modality}}.infos.json",
+        index=f"{INDEX_DIR}/{{modality}}/trained.index",
+        infos=f"{INDEX_DIR}/{{modality}}/trained.json",
     log:
-        "logs/index/{modality}.log",
+        "logs/index/{modality}/train.log",
     benchmark:
-        f"{BENCHMARKS_DIR}/index/{{modality}}.tsv"
+        f"{BENCHMARKS_DIR}/index/{{modality}}/train.tsv"
     conda:
         "../envs/index.yaml"
     threads: 2
@@ -15,9 +22,70 @@ rule build_index:
         mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
-        options=settings("index"),
+        rows=TRAINED_ROWS,
+        options=index_training_options(),
     script:
-        "../scripts/build_index.py"
+        "../scripts/index_train.py"
+
+
+rule index_add:
+    input:
+        trained=f"{INDEX_DIR}/{{modality}}/trained.index",
+        chunk=lambda wildcards: chunk_record(wildcards.chunk),
+    output:
+        part=f"{INDEX_DIR}/{{modality}}/parts/{{chunk}}.index",
+    log:
+        "logs/index/{modality}/add_{chunk}.log",
+    benchmark:
+        f"{BENCHMARKS_DIR}/index/{{modality}}/add_{{chunk}}.tsv"
+    conda:
+        "../envs/index.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: config["index"]["part_mem_mb"] * attempt,
+    script:
+        "../scripts/index_add.py"
+
+
+rule list_index_parts:
+    input:
+        records=lambda wildcards: expand(f"{INDEX_DIR}/{wildcards.modality}/parts/{{chunk}}.index", chunk=CHUNKS),
+    output:
+        listing=f"{INDEX_DIR}/{{modality}}/parts.json",
+    log:
+        "logs/index/{modality}/list_parts.log",
+    conda:
+        "../envs/clipflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../scripts/list_records.py"
+
+
+rule index_merge:
+    input:
+        trained=f"{INDEX_DIR}/{{modality}}/trained.index",
+        trained_infos=f"{INDEX_DIR}/{{modality}}/trained.json",
+        parts=f"{INDEX_DIR}/{{modality}}/parts.json",
+    output:
+        index=f"{INDEX_DIR}/{{modality}}.index",
+        lists=f"{INDEX_DIR}/{{modality}}.ivfdata",
+        infos=f"{INDEX_DIR}/{{modality}}.infos.json",
+    log:
+        "logs/index/{modality}/merge.log",
+    benchmark:
+        f"{BENCHMARKS_DIR}/index/{{modality}}/merge.tsv"
+    conda:
+        "../envs/index.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
+    params:
+        max_index_query_time_ms=config["index"]["max_index_query_time_ms"],
+    script:
+        "../scripts/index_merge.py"
 
 
 # The stored fp16 embeddings behind each index, in id order: what searches re-rank their candidates with.

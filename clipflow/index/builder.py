@@ -1,12 +1,21 @@
-"""Build a faiss index over one modality's embeddings; index id i is row i of the chunks in order.
+"""The index as jobs, as faiss builds large collections: one job trains an empty index on a sample of the pool, one
+job per embedding chunk adds the chunk's vectors to a copy of it (a part), and one job merges the parts' inverted
+lists into one file that searches memory-map (faiss's on-disk inverted lists) and tunes the search. No job holds
+the pool: training holds its sample, adding holds one chunk's part, merging one part at a time.
 
-Small collections get an exact inner-product index (faiss IndexFlatIP): at 20k vectors autofaiss
-spends ~33 s tuning an HNSW index that a flat scan beats. Above `exact_below` vectors autofaiss picks
-an approximate index within the configured memory and query-time budgets.
+Index id i is row i of the pool in chunk order (row i of metadata.arrow): each part numbers its rows from 0 and the
+merge shifts them by the rows of the parts before it. The plan only appends shards, so new input files add parts
+at the end, and earlier rows keep their ids.
+
+What is trained, from the planned pool's size (`trained_rows`): an exact index below `exact_below` rows (kind auto)
+or always (kind flat), IVF1,Flat: one list, scanned whole. Otherwise autofaiss's memory-mappable choice for the
+rows trained for, within the memory budget. That training is kept while the pool grows, until it reaches
+`retrain_growth` times those rows: then the index is trained again and every part is added again.
 """
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -16,71 +25,173 @@ import numpy as np
 
 from clipflow import files
 from clipflow.errors import ClipflowError
-from clipflow.index.vectors import row_counts
+from clipflow.index.vectors import StoredVectors, row_counts
 
 log = logging.getLogger(__name__)
+
+EXACT_KEY = "IVF1,Flat"  # one list scanned whole: exact inner products, stored like every other index
+SAMPLE_SEED = 0
+ADD_BLOCK = 65_536  # rows converted to float32 at a time while adding
 
 
 def vector_count(paths) -> int:
     return sum(row_counts(paths))
 
 
-def _exact_index(paths) -> faiss.Index:
-    first = np.load(paths[0], mmap_mode="r")
-    index = faiss.IndexFlatIP(first.shape[1])
-    for path in paths:
-        index.add(np.ascontiguousarray(np.load(path), dtype=np.float32))
-    return index
+def is_exact(pool_rows: int, options: dict) -> bool:
+    return options["kind"] == "flat" or (options["kind"] == "auto" and pool_rows < options["exact_below"])
 
 
-def _autofaiss_index(paths, index_path: Path, infos_path: Path, options: dict, memory_available: str) -> None:
-    from autofaiss import build_index
-
-    # autofaiss reads a folder of .npy files in name order: link the chunks there, in index order.
-    staging = index_path.parent / f".{index_path.stem}-inputs"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for position, path in enumerate(paths):
-        (staging / f"{position:08d}.npy").symlink_to(Path(path).resolve())
-    build_index(
-        embeddings=str(staging),
-        index_path=str(index_path),
-        index_infos_path=str(infos_path),
-        metric_type=options["metric"],
-        max_index_memory_usage=options["max_index_memory_usage"],
-        current_memory_available=memory_available,
-        max_index_query_time_ms=options["max_index_query_time_ms"],
-        should_be_memory_mappable=options["memory_mappable"],
-        verbose=logging.WARNING,
-    )
-    shutil.rmtree(staging)
-    if not index_path.exists() or not infos_path.exists():  # autofaiss logs why and returns (e.g. budgets)
-        raise ClipflowError(
-            f"autofaiss built no index for {index_path.name}: see its error above; index.mem_mb (its "
-            f"current_memory_available, {memory_available}) must exceed index.max_index_memory_usage "
-            f"({options['max_index_memory_usage']})"
-        )
+def trained_rows(pool_rows: int, options: dict) -> int:
+    """The rows an index over `pool_rows` planned rows is trained for (0: exact, nothing to train). Under
+    exact_below the whole pool; above, exact_below x retrain_growth^k, the largest such not above the pool: a
+    training stays while the pool grows, until it is retrain_growth times the rows trained for."""
+    if is_exact(pool_rows, options):
+        return 0
+    base, growth = options["exact_below"], options["retrain_growth"]
+    if pool_rows < base:
+        return pool_rows
+    rows = base
+    while rows * growth <= pool_rows:
+        rows *= growth
+    return int(rows)
 
 
-def build_index(
-    paths: list, index_path: Path | str, infos_path: Path | str, options: dict, memory_available: str = "4G"
-) -> dict:
-    """Index the embeddings in `paths` (in order) into `index_path`; writes and returns the index infos.
-    `options` choose the index; `memory_available` (autofaiss's current_memory_available) only sizes the build."""
-    index_path, infos_path = Path(index_path), Path(infos_path)
+def training_chunks(chunk_rows: dict[str, int], rows: int) -> list[str]:
+    """The first chunks (in pool order) that hold `rows` planned rows; the first chunk alone when nothing trains."""
+    chosen, total = [], 0
+    for chunk, count in chunk_rows.items():
+        chosen.append(chunk)
+        total += count
+        if total >= rows:
+            break
+    return chosen
+
+
+def index_key(rows: int, dim: int, options: dict) -> str:
+    if rows == 0:
+        return EXACT_KEY
+    from autofaiss.external.optimize import get_optimal_index_keys_v2
+
+    keys = get_optimal_index_keys_v2(rows, dim, options["max_index_memory_usage"], should_be_memory_mappable=True)
+    return keys[0]
+
+
+def train_index(paths: list, rows: int, options: dict, index_path: Path | str, infos_path: Path | str) -> dict:
+    """An empty index for `rows` trained rows, trained on a seeded sample of the vectors in `paths`."""
+    from autofaiss.external.optimize import get_optimal_train_size
+    from autofaiss.indices.index_factory import index_factory
+
     started = time.perf_counter()
-    count = vector_count(paths)
-    exact = options["kind"] == "flat" or (options["kind"] == "auto" and count < options["exact_below"])
-    if count == 0:
-        raise ValueError("no embeddings to index: every download or decode failed")
-    with files.replacing(index_path) as tmp_index:
-        if exact:
-            faiss.write_index(_exact_index(paths), str(tmp_index))
-            infos = {"index_key": "Flat", "metric_type": "ip", "exact": True}
-        else:
-            _autofaiss_index(paths, tmp_index, infos_path, options, memory_available)
-            infos = {**json.loads(infos_path.read_text()), "exact": False}
-    infos.update(size=count, build_seconds=time.perf_counter() - started)
+    stored = StoredVectors(paths, row_counts(paths))
+    if len(stored) == 0:
+        raise ClipflowError(f"{len(paths)} embedding files hold no vectors to train the index: every download failed?")
+    dim = int(np.load(paths[0], mmap_mode="r").shape[1])
+    key = index_key(rows, dim, options)
+    index = index_factory(dim, key, faiss.METRIC_INNER_PRODUCT)
+    size = min(len(stored), options["max_train_vectors"], get_optimal_train_size(len(stored), key, None, dim))
+    sample = np.sort(np.random.default_rng(SAMPLE_SEED).choice(len(stored), size, replace=False))
+    index.train(stored.take(sample))
+    with files.replacing(index_path) as tmp:
+        faiss.write_index(index, str(tmp))
+    infos = {
+        "index_key": key,
+        "exact": key == EXACT_KEY,
+        "trained_rows": rows,
+        "train_vectors": size,
+        "train_seconds": time.perf_counter() - started,
+    }
     files.write_json(infos_path, infos)
-    log.info("indexed %d vectors into %s (%s) in %.1f s", count, index_path, infos["index_key"], infos["build_seconds"])
+    log.info("trained %s for %d rows on %d of %d vectors", key, rows, size, len(stored))
     return infos
+
+
+def add_part(trained_path: Path | str, paths: list, part_path: Path | str) -> int:
+    """A copy of the trained index holding the vectors of `paths`, ids from 0; returns how many."""
+    index = faiss.read_index(str(trained_path))
+    for path in paths:
+        vectors = np.load(path, mmap_mode="r")
+        for start in range(0, len(vectors), ADD_BLOCK):
+            index.add(np.ascontiguousarray(vectors[start : start + ADD_BLOCK], dtype=np.float32))
+    # The merge takes the quantizer from the trained index: parts keep only their lists.
+    faiss.extract_index_ivf(index).quantizer.reset()
+    with files.replacing(part_path) as tmp:
+        faiss.write_index(index, str(tmp))
+    return int(index.ntotal)
+
+
+def ivfdata_path(index_path: Path | str) -> Path:
+    """The inverted lists' file beside an index; the index names it, and is read with IO_FLAG_ONDISK_SAME_DIR."""
+    return Path(index_path).with_suffix(".ivfdata")
+
+
+def merge_parts(
+    trained_path: Path | str, trained_infos: dict, part_paths: list, index_path: Path | str, infos_path, options
+) -> dict:
+    """The parts' lists, in order, into the trained index's on-disk lists (ids shifted by the rows before each
+    part), then the search parameters autofaiss tunes to `max_index_query_time_ms`."""
+    started = time.perf_counter()
+    index_path, lists_path = Path(index_path), ivfdata_path(index_path)
+    index = faiss.read_index(str(trained_path))
+    ivf = faiss.extract_index_ivf(index)
+    # Appending part by part grows lists by doubling; a second pass writes them compact, list after list.
+    growing_path = lists_path.with_suffix(".growing")
+    growing = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(growing_path))
+    total = 0
+    for path in part_paths:
+        part = faiss.read_index(str(path))
+        growing.merge_from(faiss.extract_index_ivf(part).invlists, total)
+        total += part.ntotal
+    if total == 0:
+        raise ClipflowError(f"no embeddings to index in {len(part_paths)} parts: every download or decode failed")
+    compact = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(lists_path))
+    sources = faiss.InvertedListsPtrVector()
+    sources.push_back(growing)
+    compact.merge_from_multiple(sources.data(), 1, False)
+    del sources, growing
+    os.remove(growing_path)
+    ivf.replace_invlists(compact, True)
+    compact.this.disown()
+    index.ntotal = ivf.ntotal = total
+    params = "" if trained_infos["exact"] else _tuned_params(index, trained_infos["index_key"], options)
+    with files.replacing(index_path) as tmp:
+        faiss.write_index(index, str(tmp))
+    infos = {
+        **trained_infos,
+        "index_param": params,
+        "size": total,
+        "parts": len(part_paths),
+        "merge_seconds": time.perf_counter() - started,
+    }
+    files.write_json(infos_path, infos)
+    log.info("merged %d parts, %d vectors, into %s (%s %s)", len(part_paths), total, index_path, infos["index_key"], params)
+    return infos
+
+
+def _tuned_params(index: faiss.Index, key: str, options: dict) -> str:
+    from autofaiss.external.optimize import get_optimal_hyperparameters
+
+    params = get_optimal_hyperparameters(index, key, max_speed_ms=options["max_index_query_time_ms"])
+    faiss.ParameterSpace().set_index_parameters(index, params)
+    return params
+
+
+def build_index(paths: list, index_path: Path | str, infos_path: Path | str, options: dict) -> dict:
+    """Train, add and merge in one process, a part per file of `paths`: an index folder for tests and benchmarks
+    equal to what the jobs write."""
+    index_path = Path(index_path)
+    work = index_path.parent / f".{index_path.stem}-build"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    trained = work / "trained.index"
+    trained_infos = train_index(paths, trained_rows(vector_count(paths), options), options, trained, work / "t.json")
+    parts = [work / f"{number}.index" for number in range(len(paths))]
+    for path, part in zip(paths, parts):
+        add_part(trained, [path], part)
+    infos = merge_parts(trained, trained_infos, parts, index_path, infos_path, options)
+    shutil.rmtree(work)
+    return infos
+
+
+def read_infos(path: Path | str) -> dict:
+    return json.loads(Path(path).read_text())

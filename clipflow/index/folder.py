@@ -1,8 +1,8 @@
 """The index folder: image.index, text.index, metadata.arrow, model.json and {image,text}.vectors.json, written by
 the workflow and read by query, filter, serve and the notebook.
 
-The faiss indices are memory-mapped where their type allows it and the metadata is an Arrow IPC file
-read through a memory map, so opening a large index costs little time or RAM; rows are taken by id.
+The faiss indices keep their inverted lists on disk (`{modality}.ivfdata`, memory-mapped) and the metadata is an
+Arrow IPC file read through a memory map, so opening a large index costs little time or RAM; rows are taken by id.
 
 An approximate index is searched for `rerank_factor` times the hits asked for, which are then ordered by their
 exact inner products with the stored fp16 embeddings (clipflow.index.vectors): the exact top k whenever the
@@ -35,10 +35,16 @@ def write_metadata(parquets: list, path: Path | str) -> int:
 
 
 def _read_index(path: Path) -> faiss.Index:
-    try:
-        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError:  # index types faiss cannot map are read whole
-        return faiss.read_index(str(path))
+    """The index with its on-disk lists found beside it (IO_FLAG_MMAP would crash on them: they are mapped anyway)."""
+    return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+
+
+def is_exact(index: faiss.Index) -> bool:
+    """A flat scan: one inverted list of full vectors (or a Flat index, as earlier versions wrote below exact_below)."""
+    if isinstance(index, faiss.IndexFlat):
+        return True
+    ivf = faiss.try_extract_index_ivf(index)
+    return ivf is not None and ivf.nlist == 1 and ivf.code_size == ivf.d * 4  # codes of IVFFlat: the floats
 
 
 class ClipIndex:
@@ -85,8 +91,7 @@ class ClipIndex:
         return self._stored[modality]
 
     def reranks(self, modality: str) -> bool:
-        exact = isinstance(self.index(modality), faiss.IndexFlat)
-        return self.rerank_factor > 1 and not exact and self.stored(modality) is not None
+        return self.rerank_factor > 1 and not is_exact(self.index(modality)) and self.stored(modality) is not None
 
     def search(self, vectors: np.ndarray, modality: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Similarities and ids (best first) for each query vector; ids of -1 mean fewer than k hits."""

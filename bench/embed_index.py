@@ -84,9 +84,9 @@ def index_figures(size: int, options: dict, queries_count: int) -> list[dict]:
         np.save(tmp / "vectors.npy", vectors.astype(np.float16))
         del exact
         started = time.perf_counter()
-        infos = build_index([tmp / "vectors.npy"], tmp / "ours.index", tmp / "ours.json", options, "24G")
+        infos = build_index([tmp / "vectors.npy"], tmp / "ours.index", tmp / "ours.json", options)
         ours_build = time.perf_counter() - started
-        ours = faiss.read_index(str(tmp / "ours.index"))
+        ours = faiss.read_index(str(tmp / "ours.index"), faiss.IO_FLAG_ONDISK_SAME_DIR)
         rows.append(
             {
                 "size": size,

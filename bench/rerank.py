@@ -67,7 +67,7 @@ def index_folder(vectors: np.ndarray, root: Path, options: dict) -> tuple[Path, 
     (folder / "model.json").write_text("{}")
     write_manifest(paths, folder, folder / "image.vectors.json")
     started = time.perf_counter()
-    infos = build_index(paths, folder / "image.index", folder / "image.infos.json", options, "24G")
+    infos = build_index(paths, folder / "image.index", folder / "image.infos.json", options)
     return folder, infos, time.perf_counter() - started
 
 

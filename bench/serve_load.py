@@ -56,7 +56,7 @@ def synthetic_index(folder: Path, count: int, manifest: Path, memory: str) -> No
     config.write_text(json.dumps({"input": {"paths": ["unused"]}, "index": {"max_index_memory_usage": memory}}))
     options = output_settings(load_config(config), "index")  # the workflow's defaults
     started = time.perf_counter()
-    build_index([folder / "vectors.npy"], folder / "image.index", folder / "image.infos.json", options, "24G")
+    build_index([folder / "vectors.npy"], folder / "image.index", folder / "image.infos.json", options)
     print(f"built the {count:,}-vector index in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     shutil.copyfile(folder / "image.index", folder / "text.index")
     write_metadata([folder / "metadata.parquet"], folder / "metadata.arrow")

@@ -61,7 +61,8 @@ CHUNKS = consecutive(PLAN.shards, config["embed"]["shards_per_job"])
 SHARD_ROWS = {shard["shard"]: shard["rows"] for shard in PLAN.state["shards"]}
 TRAINED_ROWS = trained_rows(sum(SHARD_ROWS.values()), config["index"])
 INDEX_TRAINING_CHUNKS = training_chunks(
-    {chunk: sum(SHARD_ROWS[shard] for shard in shards) for chunk, shards in CHUNKS.items()}, TRAINED_ROWS
+    {chunk: sum(SHARD_ROWS[shard] for shard in shards) for chunk, shards in CHUNKS.items()},
+    TRAINED_ROWS,
 )
 
 
@@ -139,7 +140,10 @@ def index_training_records(wildcards):
 
 def index_training_options():
     """What the trained index depends on besides its rows (not the query-time budget, which only the merge uses)."""
-    return {key: config["index"][key] for key in ("metric", "max_index_memory_usage", "max_train_vectors")}
+    return {
+        key: config["index"][key]
+        for key in ("metric", "max_index_memory_usage", "max_train_vectors")
+    }
 
 
 def configured_filter(wildcards):
@@ -227,8 +231,16 @@ def benchmarks():
     return (
         expand(f"{BENCHMARKS_DIR}/download/{{batch}}.tsv", batch=BATCHES)
         + expand(f"{BENCHMARKS_DIR}/embed/{{chunk}}.tsv", chunk=CHUNKS)
-        + expand(f"{BENCHMARKS_DIR}/index/{{modality}}/{{step}}.tsv", modality=["image", "text"], step=["train", "merge"])
-        + expand(f"{BENCHMARKS_DIR}/index/{{modality}}/add_{{chunk}}.tsv", modality=["image", "text"], chunk=CHUNKS)
+        + expand(
+            f"{BENCHMARKS_DIR}/index/{{modality}}/{{step}}.tsv",
+            modality=["image", "text"],
+            step=["train", "merge"],
+        )
+        + expand(
+            f"{BENCHMARKS_DIR}/index/{{modality}}/add_{{chunk}}.tsv",
+            modality=["image", "text"],
+            chunk=CHUNKS,
+        )
         + expand(f"{BENCHMARKS_DIR}/curate/filter_{{name}}.tsv", name=config["curate"]["filters"])
         + expand(f"{BENCHMARKS_DIR}/curate/reshard_{{subset}}.tsv", subset=resharded_subsets())
         + expand(

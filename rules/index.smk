@@ -49,7 +49,9 @@ rule index_add:
 
 rule list_index_parts:
     input:
-        records=lambda wildcards: expand(f"{INDEX_DIR}/{wildcards.modality}/parts/{{chunk}}.index", chunk=CHUNKS),
+        records=lambda wildcards: expand(
+            f"{INDEX_DIR}/{wildcards.modality}/parts/{{chunk}}.index", chunk=CHUNKS
+        ),
     output:
         listing=f"{INDEX_DIR}/{{modality}}/parts.json",
     log:

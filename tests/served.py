@@ -20,6 +20,7 @@ from clipflow.embed import shard_outputs
 from clipflow.embed.embedder import embed_chunk
 from clipflow.embed.model import fetch_model
 from clipflow.index.builder import build_index
+from clipflow.index.vectors import write_manifest
 from clipflow.index.folder import write_metadata
 from conftest import REPO, free_port, jpeg, write_shard
 
@@ -56,8 +57,11 @@ def build_index_folder(root: Path) -> Path:
                 "metric": "ip",
                 "max_index_memory_usage": "1G",
                 "max_index_query_time_ms": 10,
+                "retrain_growth": 4,
+                "max_train_vectors": 100_000,
             },
         )
+        write_manifest([outputs[modality]], index, index / f"{modality}.vectors.json")
     write_metadata([outputs["metadata"]], index / "metadata.arrow")
     build_vector_index(root / "vectors", index / "model.json")
     write_score_models(root)
@@ -128,8 +132,11 @@ def build_vector_index(folder: Path, manifest: Path) -> None:
                 "metric": "ip",
                 "max_index_memory_usage": "1G",
                 "max_index_query_time_ms": 10,
+                "retrain_growth": 4,
+                "max_train_vectors": 100_000,
             },
         )
+        write_manifest([folder / "vectors.npy"], folder, folder / f"{modality}.vectors.json")
     write_metadata([folder / "metadata.parquet"], folder / "metadata.arrow")
     shutil.copyfile(manifest, folder / "model.json")
 

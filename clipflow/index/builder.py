@@ -164,7 +164,9 @@ def merge_parts(
         "merge_seconds": time.perf_counter() - started,
     }
     files.write_json(infos_path, infos)
-    log.info("merged %d parts, %d vectors, into %s (%s %s)", len(part_paths), total, index_path, infos["index_key"], params)
+    log.info(
+        "merged %d parts, %d vectors, into %s (%s %s)", len(part_paths), total, index_path, infos["index_key"], params
+    )
     return infos
 
 

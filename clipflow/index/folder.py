@@ -135,14 +135,18 @@ class ClipIndex:
                 raise ClipflowError(f"search_params {params!r}: {error}") from None
 
     def vectors(self, modality: str, ids: np.ndarray) -> np.ndarray:
-        """The vectors of `ids`, normalized: the stored embeddings where listed, else what the index holds (an
-        approximate index returns approximations)."""
+        """The vectors of `ids`, normalized: the stored embeddings, or for a flat index written before they were
+        listed, what it holds."""
         ids = np.asarray(ids, dtype=np.int64)
         stored = self.stored(modality)
         if stored is not None and len(ids):
             vectors = stored.take(ids)
-        else:
+        elif isinstance(self.index(modality), faiss.IndexFlat):
             vectors = self.index(modality).reconstruct_batch(ids).astype(np.float32)
+        else:
+            raise ClipflowError(
+                f"{self.folder}: no {modality}.vectors.json, and the index cannot give its vectors back"
+            )
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
 
 

@@ -92,7 +92,9 @@ def test_exact_index_scans_every_vector(tmp_path):
     """Below exact_below the trained index is one list: search equals a flat scan, and is not re-ranked."""
     vectors = unit_rows(600, 32, seed=2)
     np.save(tmp_path / "0.npy", vectors)
-    infos = train_index([tmp_path / "0.npy"], trained_rows(600, OPTIONS), OPTIONS, tmp_path / "t.index", tmp_path / "t.json")
+    infos = train_index(
+        [tmp_path / "0.npy"], trained_rows(600, OPTIONS), OPTIONS, tmp_path / "t.index", tmp_path / "t.json"
+    )
     assert infos["exact"] and infos["index_key"] == "IVF1,Flat"
     add_part(tmp_path / "t.index", [tmp_path / "0.npy"], tmp_path / "p.index")
     merge_parts(tmp_path / "t.index", infos, [tmp_path / "p.index"], tmp_path / "e.index", tmp_path / "e.json", OPTIONS)
@@ -146,7 +148,9 @@ def grown(tmp_path_factory):
         "trained": (workdir / "results/index/image/trained.index").stat().st_mtime_ns,
         "parts": {p.name: p.stat().st_mtime_ns for p in (workdir / "results/index/image/parts").iterdir()},
         "uids": metadata_uids(workdir),
-        "found": ClipIndex(workdir / "results/index").search(np.load(workdir / "data/part-0.npz")["img"][:300:7], "image", 5)[1],
+        "found": ClipIndex(workdir / "results/index").search(
+            np.load(workdir / "data/part-0.npz")["img"][:300:7], "image", 5
+        )[1],
     }
     write_input(workdir, "part-1", 3000, 1000, seed=6)
     dry = run_snakemake(workdir, "--dry-run", *targets)
@@ -201,7 +205,9 @@ def test_outgrowing_the_training_trains_again(grown):
     workdir, _, _ = grown
     config = (workdir / "config.yaml").read_text().replace("retrain_growth: 10", "retrain_growth: 2")
     (workdir / "regrown.yaml").write_text(config)
-    result = run_snakemake(workdir, "--dry-run", "results/index/image.index", "--configfile", str(workdir / "regrown.yaml"))
+    result = run_snakemake(
+        workdir, "--dry-run", "results/index/image.index", "--configfile", str(workdir / "regrown.yaml")
+    )
     planned = planned_jobs(result.stdout + result.stderr)
     assert planned == sorted(
         ["index_train[image]"] + ["index_add[image]"] * 8 + ["index_merge[image]", "list_index_parts[image]"]

@@ -59,7 +59,7 @@ def test_preset_dry_runs_on_its_release_columns(tmp_path, preset):
     result = run_snakemake(tmp_path, "--dry-run")
     jobs = result.stdout
     embedding = "precomputed_chunk" if config["embed"].get("precomputed") else "embed_chunk"
-    for rule in ("download_batch", embedding, "build_index", "curate_subset", "reshard"):
+    for rule in ("download_batch", embedding, "index_train", "index_add", "index_merge", "curate_subset", "reshard"):
         assert rule in jobs, rule
     planned = yaml.safe_load((tmp_path / "results/plan/state.json").read_text())
     assert planned["sources"][0]["rows"] == ROWS

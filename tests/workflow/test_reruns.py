@@ -12,7 +12,8 @@ from conftest import free_port, planned_jobs, run_snakemake, small_run_config, w
 
 DOWNLOADS = ["download_batch[00000000]", "download_batch[00000001]", "list_batches", "summarize_downloads"]
 EMBEDDINGS = ["embed_chunk[00000000]", "list_chunks", "summarize_embeddings"]
-INDICES = ["build_index[image]", "build_index[text]"]
+INDICES = [f"{rule}[{modality}]" for rule in ("index_train", "index_add", "list_index_parts", "index_merge")
+           for modality in ("image", "text")]  # fmt: skip
 INDEX_VECTORS = ["index_vectors[image]", "index_vectors[text]"]
 NEAR_DUPLICATES = [  # the demo's semantic_dedup filter, as jobs: one embedding chunk, two cluster groups
     "near_duplicate_centroids[near_duplicates]",
@@ -97,7 +98,11 @@ def test_every_sizing_setting_changed_at_once_reruns_nothing(finished_run):
         ("download.image_size", 96, [*DOWNLOADS, *EVERYTHING_AFTER_DOWNLOAD]),
         ("embed.model", "ViT-B-32", ["fetch_model", *EVERYTHING_AFTER_DOWNLOAD]),
         ("embed.precision", "bf16", EVERYTHING_AFTER_DOWNLOAD),
-        ("index.max_index_query_time_ms", 5, [*INDICES, "summarize_benchmarks", "all"]),
+        (
+            "index.max_index_query_time_ms",
+            5,
+            ["index_merge[image]", "index_merge[text]", "summarize_benchmarks", "all"],
+        ),
         (
             "curate.filters.clip_top_half",
             {"kind": "clip_score", "top_fraction": 0.3},

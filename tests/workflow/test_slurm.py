@@ -111,8 +111,12 @@ def test_workflow_runs_through_slurm(slurm_run):
     jobs = sorted(submitted.values())
     assert jobs == sorted(
         [
-            "build_index[image]",
-            "build_index[text]",
+            "index_train[image]",
+            "index_train[text]",
+            "index_add[image_00000000]",
+            "index_add[text_00000000]",
+            "index_merge[image]",
+            "index_merge[text]",
             "index_vectors[image]",
             "index_vectors[text]",
             "download_batch[00000000]",
@@ -191,15 +195,19 @@ def test_deleted_shard_submits_only_its_jobs(slurm_run):
     kept = {p.name: p.stat().st_mtime_ns for p in shards.glob("00000000*")}
     (shards / "00000001.tar").unlink()
     # Up to the indices: the curation after them would add four levels of jobs to wait for, and nothing to learn.
-    result = snakemake_on_slurm(workdir, "--until", "build_index", "index_metadata", "summarize_downloads")
+    result = snakemake_on_slurm(workdir, "--until", "index_merge", "index_metadata", "summarize_downloads")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
-    assert sorted(submitted_jobs(output, workdir).values()) == [
-        "build_index[image]",
-        "build_index[text]",
+    assert sorted(submitted_jobs(output, workdir).values()) == [  # the one chunk is also what the index trains on
         "download_batch[00000001]",
         "embed_chunk[00000000]",
+        "index_add[image_00000000]",
+        "index_add[text_00000000]",
+        "index_merge[image]",
+        "index_merge[text]",
         "index_metadata",
+        "index_train[image]",
+        "index_train[text]",
         "summarize_downloads",
     ]
     assert (shards / "00000001.tar").exists()

@@ -236,7 +236,7 @@ def test_exact_index_matches_brute_force(workflow_run):
     workdir, _ = workflow_run
     image, _, _ = embedded(workdir)
     index = ClipIndex(workdir / "results/index")
-    assert json.loads((workdir / "results/index/image.infos.json").read_text())["index_key"] == "Flat"
+    assert json.loads((workdir / "results/index/image.infos.json").read_text())["index_key"] == "IVF1,Flat"
     queries = np.random.default_rng(0).standard_normal((20, image.shape[1])).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     k = 5
@@ -289,13 +289,17 @@ def test_deleting_one_chunks_embeddings_reruns_it_and_the_index_only(workflow_ru
     (workdir / "results/embeddings/image/00000002.npy").unlink()
     assert jobs_in_dry_run(workdir) == [
         "all",
-        "build_index[image]",
-        "build_index[text]",
         "embed_chunk[00000002]",
+        "index_add[image]",
+        "index_add[text]",
+        "index_merge[image]",
+        "index_merge[text]",
         "index_metadata",
         "index_vectors[image]",
         "index_vectors[text]",
         "list_chunks",
+        "list_index_parts[image]",
+        "list_index_parts[text]",
         "summarize_benchmarks",
         "summarize_embeddings",
     ]
@@ -348,17 +352,24 @@ def test_a_truncated_tar_is_found_and_downloaded_again_alone(workflow_run):
         filtered.returncode == 1 and "00000001.tar: damaged" in filtered.stderr and "Traceback" not in filtered.stderr
     )
     # Its batch (shards 0 and 1) runs again but keeps shard 0; the chunk holding it is embedded again.
+    # The first chunk is also what the index trains on: it trains again, and every part is added again.
     assert jobs_in_dry_run(workdir) == [
         "all",
-        "build_index[image]",
-        "build_index[text]",
         "download_batch[00000000]",
         "embed_chunk[00000000]",
+        *["index_add[image]"] * 3,  # three chunks
+        *["index_add[text]"] * 3,
+        "index_merge[image]",
+        "index_merge[text]",
         "index_metadata",
+        "index_train[image]",
+        "index_train[text]",
         "index_vectors[image]",
         "index_vectors[text]",
         "list_batches",
         "list_chunks",
+        "list_index_parts[image]",
+        "list_index_parts[text]",
         "summarize_benchmarks",
         "summarize_downloads",
         "summarize_embeddings",

@@ -232,12 +232,12 @@ def benchmarks():
         expand(f"{BENCHMARKS_DIR}/download/{{batch}}.tsv", batch=BATCHES)
         + expand(f"{BENCHMARKS_DIR}/embed/{{chunk}}.tsv", chunk=CHUNKS)
         + expand(
-            f"{BENCHMARKS_DIR}/index/{{modality}}/{{step}}.tsv",
+            f"{BENCHMARKS_DIR}/{{step}}/{{modality}}.tsv",
+            step=["index_train", "index_merge"],
             modality=["image", "text"],
-            step=["train", "merge"],
         )
         + expand(
-            f"{BENCHMARKS_DIR}/index/{{modality}}/add_{{chunk}}.tsv",
+            f"{BENCHMARKS_DIR}/index_add/{{modality}}_{{chunk}}.tsv",
             modality=["image", "text"],
             chunk=CHUNKS,
         )

@@ -14,7 +14,7 @@ rule index_train:
     log:
         "logs/index/{modality}/train.log",
     benchmark:
-        f"{BENCHMARKS_DIR}/index/{{modality}}/train.tsv"
+        f"{BENCHMARKS_DIR}/index_train/{{modality}}.tsv"
     conda:
         "../envs/index.yaml"
     threads: 2
@@ -37,7 +37,7 @@ rule index_add:
     log:
         "logs/index/{modality}/add_{chunk}.log",
     benchmark:
-        f"{BENCHMARKS_DIR}/index/{{modality}}/add_{{chunk}}.tsv"
+        f"{BENCHMARKS_DIR}/index_add/{{modality}}_{{chunk}}.tsv"
     conda:
         "../envs/index.yaml"
     threads: 1
@@ -77,7 +77,7 @@ rule index_merge:
     log:
         "logs/index/{modality}/merge.log",
     benchmark:
-        f"{BENCHMARKS_DIR}/index/{{modality}}/merge.tsv"
+        f"{BENCHMARKS_DIR}/index_merge/{{modality}}.tsv"
     conda:
         "../envs/index.yaml"
     threads: 2

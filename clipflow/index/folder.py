@@ -9,6 +9,9 @@ exact inner products with the stored fp16 embeddings (clipflow.index.vectors): t
 candidates hold it.
 """
 
+import ctypes
+import os
+import sys
 from pathlib import Path
 
 import faiss
@@ -35,8 +38,18 @@ def write_metadata(parquets: list, path: Path | str) -> int:
 
 
 def _read_index(path: Path) -> faiss.Index:
-    """The index with its on-disk lists found beside it (IO_FLAG_MMAP would crash on them: they are mapped anyway)."""
-    return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+    """The index with its on-disk lists found beside it, wherever the folder was moved (IO_FLAG_MMAP would crash
+    on them: they are mapped anyway). faiss prints the lists' path to C's stdout as it reads: that line goes to
+    stderr, out of the JSON lines `clipflow query` prints."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+    finally:
+        ctypes.CDLL(None).fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def is_exact(index: faiss.Index) -> bool:

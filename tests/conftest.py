@@ -211,6 +211,33 @@ def small_run_config(port: int) -> dict:
     return config
 
 
+def write_precomputed_input(workdir: Path, name: str, first: int, vectors: np.ndarray) -> None:
+    """data/<name>.parquet, rows numbered from `first`, and its embeddings beside it as DataComp lays them out
+    (an .npz per parquet; arrays img and txt)."""
+    numbers = range(first, first + len(vectors))
+    metadata = pd.DataFrame(
+        {"uid": [f"{n:032x}" for n in numbers], "url": [f"http://127.0.0.1:9/{n}.jpg" for n in numbers],
+         "text": [f"caption {n}" for n in numbers]}
+    )  # fmt: skip
+    (workdir / "data").mkdir(exist_ok=True)
+    metadata.to_parquet(workdir / f"data/{name}.parquet", index=False)
+    np.savez(workdir / f"data/{name}.npz", img=vectors, txt=vectors)
+
+
+def precomputed_config(**sections) -> dict:
+    """A run over data/*.parquet with precomputed embeddings (nothing to download): shards of 250 rows, two a job."""
+    return {
+        "input": {"paths": ["data/*.parquet"], "caption_col": "text", "uid_col": "uid"},
+        "plan": {"samples_per_shard": 250},
+        "download": {"shards_per_job": 2},
+        "embed": {
+            "model": "ViT-S-32", "pretrained": "none", "shards_per_job": 2,
+            "precomputed": {"image": "img", "text": "txt"},
+        },
+        **sections,
+    }  # fmt: skip
+
+
 def planned_jobs(output: str) -> list[str]:
     """The jobs a Snakemake dry run lists, as rule[wildcard value], sorted."""
     jobs = []

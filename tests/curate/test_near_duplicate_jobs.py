@@ -8,7 +8,7 @@ import pytest
 from clipflow.curate import near_duplicate_jobs as jobs
 from clipflow.curate.near_duplicates import near_duplicates
 from clipflow.embed import embedding_files
-from conftest import planned_jobs, run_snakemake, write_config
+from conftest import planned_jobs, precomputed_config, run_snakemake, write_config, write_precomputed_input
 
 
 def clustered_rows(rows: int, width: int, seed: int) -> np.ndarray:
@@ -82,29 +82,14 @@ def deduplicated(tmp_path_factory):
     """2,000 rows with precomputed embeddings (nothing to download), 8 shards in 4 embedding chunks, 16
     clusters in 3 groups; the run stops at the filter."""
     workdir = tmp_path_factory.mktemp("near_duplicates")
-    rows = 2000
-    metadata = pd.DataFrame(
-        {"uid": [f"{n:032x}" for n in range(rows)], "url": [f"http://127.0.0.1:9/{n}.jpg" for n in range(rows)],
-         "text": [f"caption {n}" for n in range(rows)]}
-    )  # fmt: skip
-    (workdir / "data").mkdir()
-    metadata.to_parquet(workdir / "data/part-0.parquet", index=False)
-    vectors = clustered_rows(rows, 384, seed=5)
-    np.savez(workdir / "data/part-0.npz", l14_img=vectors, l14_txt=vectors)
-    config = {
-        "input": {"paths": ["data/*.parquet"], "caption_col": "text", "uid_col": "uid"},
-        "plan": {"samples_per_shard": 250},
-        "download": {"shards_per_job": 2},
-        "embed": {
-            "model": "ViT-S-32", "pretrained": "none", "shards_per_job": 2,
-            "precomputed": {"image": "l14_img", "text": "l14_txt"},
-        },
-        "curate": {
+    write_precomputed_input(workdir, "part-0", 0, clustered_rows(2000, 384, seed=5))
+    config = precomputed_config(
+        curate={
             "filters": {"dedup": {"kind": "semantic_dedup", "threshold": 0.95, "rows_per_cluster": 125}},
             "subsets": {"deduplicated": {"filters": ["dedup"]}},
             "near_duplicates": {"cluster_groups": 3},
-        },
-    }  # fmt: skip
+        }
+    )
     write_config(workdir, config)
     target = "results/curate/filters/dedup.parquet"
     dry = run_snakemake(workdir, "--dry-run", target)

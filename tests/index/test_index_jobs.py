@@ -5,7 +5,6 @@ import json
 
 import faiss
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -18,7 +17,7 @@ from clipflow.index.builder import (
     training_chunks,
 )
 from clipflow.index.folder import ClipIndex, is_exact
-from conftest import planned_jobs, run_snakemake, write_config
+from conftest import planned_jobs, precomputed_config, run_snakemake, write_config, write_precomputed_input
 
 OPTIONS = {
     "kind": "auto",
@@ -106,18 +105,6 @@ def test_exact_index_scans_every_vector(tmp_path):
     np.testing.assert_array_equal(index.search(queries, 10)[1], flat.search(queries, 10)[1])
 
 
-def write_input(workdir, name: str, first: int, rows: int, seed: int) -> None:
-    """An input parquet and its precomputed embeddings (DataComp's layout: an .npz beside each parquet)."""
-    numbers = range(first, first + rows)
-    metadata = pd.DataFrame(
-        {"uid": [f"{n:032x}" for n in numbers], "url": [f"http://127.0.0.1:9/{n}.jpg" for n in numbers],
-         "text": [f"caption {n}" for n in numbers]}
-    )  # fmt: skip
-    metadata.to_parquet(workdir / f"data/{name}.parquet", index=False)
-    vectors = unit_rows(rows, 128, seed)
-    np.savez(workdir / f"data/{name}.npz", img=vectors, txt=vectors)
-
-
 def metadata_uids(workdir) -> list:
     with pa.memory_map(str(workdir / "results/index/metadata.arrow")) as source:
         return pa.ipc.open_file(source).read_all()["uid"].to_pylist()
@@ -129,18 +116,8 @@ def grown(tmp_path_factory):
     input file of 1,000 rows. Returns the workdir, the dry run's jobs for the new file, and what the first index
     found and held."""
     workdir = tmp_path_factory.mktemp("grown")
-    (workdir / "data").mkdir()
-    write_input(workdir, "part-0", 0, 3000, seed=5)
-    config = {
-        "input": {"paths": ["data/*.parquet"], "caption_col": "text", "uid_col": "uid"},
-        "plan": {"samples_per_shard": 250},
-        "download": {"shards_per_job": 2},
-        "embed": {
-            "model": "ViT-S-32", "pretrained": "none", "shards_per_job": 2,
-            "precomputed": {"image": "img", "text": "txt"},
-        },
-        "index": {"kind": "autofaiss", "exact_below": 1000, "retrain_growth": 10},
-    }  # fmt: skip
+    write_precomputed_input(workdir, "part-0", 0, unit_rows(3000, 128, seed=5))
+    config = precomputed_config(index={"kind": "autofaiss", "exact_below": 1000, "retrain_growth": 10})
     write_config(workdir, config)
     targets = ["results/index/image.index", "results/index/metadata.arrow", "results/index/image.vectors.json"]
     run_snakemake(workdir, "--cores", "2", *targets)
@@ -152,7 +129,7 @@ def grown(tmp_path_factory):
             np.load(workdir / "data/part-0.npz")["img"][:300:7], "image", 5
         )[1],
     }
-    write_input(workdir, "part-1", 3000, 1000, seed=6)
+    write_precomputed_input(workdir, "part-1", 3000, unit_rows(1000, 128, seed=6))
     dry = run_snakemake(workdir, "--dry-run", *targets)
     run_snakemake(workdir, "--cores", "2", *targets)
     return workdir, planned_jobs(dry.stdout + dry.stderr), before

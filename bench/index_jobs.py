@@ -16,6 +16,7 @@ sizes around a shared mean direction (cosine ~0.65 within a concept, ~0.25 betwe
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--skip-autofaiss", action="store_true")
     parser.add_argument("--config", default="config/config.yaml")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each table line as it comes: a build may be stopped midway
     options = output_settings(load_config(args.config), "index")
     for size in args.sizes:
         for kind in args.sets:

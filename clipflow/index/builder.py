@@ -38,7 +38,7 @@ def vector_count(paths) -> int:
     return sum(row_counts(paths))
 
 
-def is_exact(pool_rows: int, options: dict) -> bool:
+def _exact_for(pool_rows: int, options: dict) -> bool:
     return options["kind"] == "flat" or (options["kind"] == "auto" and pool_rows < options["exact_below"])
 
 
@@ -46,7 +46,7 @@ def trained_rows(pool_rows: int, options: dict) -> int:
     """The rows an index over `pool_rows` planned rows is trained for (0: exact, nothing to train). Under
     exact_below the whole pool; above, exact_below x retrain_growth^k, the largest such not above the pool: a
     training stays while the pool grows, until it is retrain_growth times the rows trained for."""
-    if is_exact(pool_rows, options):
+    if _exact_for(pool_rows, options):
         return 0
     base, growth = options["exact_below"], options["retrain_growth"]
     if pool_rows < base:

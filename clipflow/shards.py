@@ -66,7 +66,11 @@ def listed(listing: Path | str) -> list[str]:
 def listed_folder(listing: Path | str) -> Path:
     """The folder the listed records describe: the shards folder (records in its batches/) or the embeddings
     folder (records in its info/)."""
-    return Path(listed(listing)[0]).parent.parent
+    return records_folder(listed(listing))
+
+
+def records_folder(records: list) -> Path:
+    return Path(records[0]).parent.parent
 
 
 def listed_shards(listing: Path | str) -> tuple[Path, list[str]]:
@@ -77,7 +81,7 @@ def listed_shards(listing: Path | str) -> tuple[Path, list[str]]:
 def recorded_shards(records: list) -> tuple[Path, list[str]]:
     """The folder that job records (in its batches/ or info/) describe and every shard they name, in order."""
     shards = [shard for record in records for shard in json.loads(Path(record).read_text())["shards"]]
-    return Path(records[0]).parent.parent, shards
+    return records_folder(records), shards
 
 
 def stats_path(folder: Path | str, shard: str) -> Path:

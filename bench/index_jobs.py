@@ -111,8 +111,7 @@ def jobs_build(paths, folder: Path, work: Path, options: dict, shards_per_chunk:
     figures = {"train": [measure(builder.train_index, training, rows, options, trained, trained_infos)]}
     parts = [work / f"part{n}.index" for n in range(len(chunks))]
     figures["add"] = [measure(builder.add_part, trained, chunk, part) for chunk, part in zip(chunks, parts)]
-    infos = json.loads(trained_infos.read_text())
-    merge_args = (trained, infos, parts, folder / "image.index", folder / "image.infos.json", options)
+    merge_args = (trained, trained_infos, parts, folder / "image.index", folder / "image.infos.json", options)
     figures["merge"] = [measure(builder.merge_parts, *merge_args)]
     return figures
 

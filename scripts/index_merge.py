@@ -1,6 +1,6 @@
 import faiss
 
-from clipflow.index.builder import merge_parts, read_infos
+from clipflow.index.builder import merge_parts
 from clipflow.logs import redirect_to_log
 from clipflow.shards import listed
 
@@ -8,7 +8,7 @@ with redirect_to_log(snakemake.log[0]):
     faiss.omp_set_num_threads(snakemake.threads)
     merge_parts(
         snakemake.input.trained,
-        read_infos(snakemake.input.trained_infos),
+        snakemake.input.trained_infos,
         listed(snakemake.input.parts),
         snakemake.output.index,
         snakemake.output.infos,

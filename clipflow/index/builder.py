@@ -126,11 +126,12 @@ def ivfdata_path(index_path: Path | str) -> Path:
 
 
 def merge_parts(
-    trained_path: Path | str, trained_infos: dict, part_paths: list, index_path: Path | str, infos_path, options
+    trained_path: Path | str, trained_infos_path, part_paths: list, index_path: Path | str, infos_path, options
 ) -> dict:
     """The parts' lists, in order, into the trained index's on-disk lists (ids shifted by the rows before each
     part), then the search parameters autofaiss tunes to `max_index_query_time_ms`."""
     started = time.perf_counter()
+    trained_infos = json.loads(Path(trained_infos_path).read_text())
     index_path, lists_path = Path(index_path), ivfdata_path(index_path)
     index = faiss.read_index(str(trained_path))
     ivf = faiss.extract_index_ivf(index)
@@ -185,15 +186,11 @@ def build_index(paths: list, index_path: Path | str, infos_path: Path | str, opt
     work = index_path.parent / f".{index_path.stem}-build"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    trained = work / "trained.index"
-    trained_infos = train_index(paths, trained_rows(vector_count(paths), options), options, trained, work / "t.json")
+    trained, trained_infos = work / "trained.index", work / "trained.json"
+    train_index(paths, trained_rows(vector_count(paths), options), options, trained, trained_infos)
     parts = [work / f"{number}.index" for number in range(len(paths))]
     for path, part in zip(paths, parts):
         add_part(trained, [path], part)
     infos = merge_parts(trained, trained_infos, parts, index_path, infos_path, options)
     shutil.rmtree(work)
     return infos
-
-
-def read_infos(path: Path | str) -> dict:
-    return json.loads(Path(path).read_text())

@@ -68,10 +68,12 @@ def test_merged_parts_search_as_one_index_from_the_same_training(tmp_path, key):
         np.save(tmp_path / f"{number}.npy", part)
         parts.append(tmp_path / f"part{number}.index")
         assert add_part(tmp_path / "trained.index", [tmp_path / f"{number}.npy"], parts[-1]) == sizes[number]
-    infos = {"index_key": key, "exact": False}
+    (tmp_path / "trained.json").write_text(json.dumps({"index_key": key, "exact": False}))
     (tmp_path / "folder").mkdir()
     merged_path = tmp_path / "folder/image.index"
-    merged_infos = merge_parts(tmp_path / "trained.index", infos, parts, merged_path, tmp_path / "infos.json", OPTIONS)
+    merged_infos = merge_parts(
+        tmp_path / "trained.index", tmp_path / "trained.json", parts, merged_path, tmp_path / "infos.json", OPTIONS
+    )
     assert merged_infos["size"] == len(vectors) and merged_infos["index_param"].startswith("nprobe=")
     assert ivfdata_path(merged_path).exists() and not ivfdata_path(merged_path).with_suffix(".growing").exists()
 
@@ -96,7 +98,14 @@ def test_exact_index_scans_every_vector(tmp_path):
     )
     assert infos["exact"] and infos["index_key"] == "IVF1,Flat"
     add_part(tmp_path / "t.index", [tmp_path / "0.npy"], tmp_path / "p.index")
-    merge_parts(tmp_path / "t.index", infos, [tmp_path / "p.index"], tmp_path / "e.index", tmp_path / "e.json", OPTIONS)
+    merge_parts(
+        tmp_path / "t.index",
+        tmp_path / "t.json",
+        [tmp_path / "p.index"],
+        tmp_path / "e.index",
+        tmp_path / "e.json",
+        OPTIONS,
+    )
     index = faiss.read_index(str(tmp_path / "e.index"), faiss.IO_FLAG_ONDISK_SAME_DIR)
     assert is_exact(index)
     flat = faiss.IndexFlatIP(32)

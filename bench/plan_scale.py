@@ -10,6 +10,7 @@ and of its largest worker, and the time of a no-op replan (what every later `sna
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,7 @@ def main() -> None:
         start = time.perf_counter()
         paths = write_metadata(tmp, args.rows, args.files, args.duplicate_fraction, seed=0)
         print(f"wrote {args.rows:,} rows in {args.files} parquet files in {time.perf_counter() - start:.1f} s")
+        os.sync()  # inputs exist long before they are planned: their writeback is not planning's time
         config = {
             "input": {"paths": paths, "format": "auto", "url_col": "url", "caption_col": "text", "uid_col": "uid"},
             "plan": {"samples_per_shard": args.samples_per_shard},

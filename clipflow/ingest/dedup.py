@@ -80,6 +80,22 @@ class KeyStore:
         return np.load(path) if path and path.exists() else np.empty(0, KEY_DTYPE)
 
 
+def _first_occurrences(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(keys, return_index=True) for keys in input order, in less time: the keys are sorted as integers
+    on their first 8 bytes (stably, so the first of equal keys is its first occurrence), and on all 16 only when
+    two different keys share those 8 bytes (md5 digests: about once in 2^64 pairs)."""
+    halves = np.ascontiguousarray(keys).view(">u8").astype(np.uint64)  # byte order is key order
+    high, low = halves[0::2], halves[1::2]
+    order = np.argsort(high, kind="stable")
+    new_high, new_low = (np.diff(half[order]) != 0 for half in (high, low))
+    if (new_low & ~new_high).any():
+        order = np.lexsort((low, high))
+        new_high, new_low = (np.diff(half[order]) != 0 for half in (high, low))
+    starts = np.ones(len(keys), dtype=bool)
+    starts[1:] = new_high | new_low
+    return keys[order[starts]], order[starts]
+
+
 def deduplicate(buckets: range, spills: list[KeySpill], previous: KeyStore, updated_folder: Path) -> np.ndarray:
     """Sorted sequence numbers of spilled rows in `buckets` that repeat an earlier key, new or previously planned.
 
@@ -99,9 +115,8 @@ def deduplicate(buckets: range, spills: list[KeySpill], previous: KeyStore, upda
             if len(known):
                 shutil.copyfile(previous.folder / f"{bucket:03d}.npy", target)
             continue
-        # Spill order is input order, and np.unique's return_index (a stable sort) finds first occurrences.
         # A row is new only as the first occurrence of a key not planned before: one isin per distinct key.
-        distinct, first = np.unique(keys, return_index=True)
+        distinct, first = _first_occurrences(keys)
         planned_before = np.isin(distinct, known)
         repeated = np.ones(len(keys), dtype=bool)
         repeated[first[~planned_before]] = False

@@ -2,12 +2,15 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 import clipflow.ingest.planner
 import clipflow.ingest.reader
 from clipflow.errors import ClipflowError
+from clipflow.ingest.dedup import _first_occurrences
 from clipflow.ingest.planner import load_plan, make_plan
+from clipflow.ingest.urls import url_problems
 
 
 def config(paths, samples_per_shard=1000, **input_overrides):
@@ -128,6 +131,40 @@ def test_urls_that_are_not_fetched_are_invalid_with_their_reason(tmp_path):
         "no URL scheme",
         "no host in the URL",
     ]
+
+
+def test_url_check_at_the_edges_of_its_fast_path():
+    urls = [
+        "http://",
+        "https://",
+        "https:///x",
+        "http://a",
+        "https://9",
+        "https://\u00e9.example/x",
+        "HTTP://a",
+        "http:/a",
+    ]
+    problems = url_problems(pa.array(urls))
+    assert problems == {
+        0: "no host in the URL",
+        1: "no host in the URL",
+        2: "no host in the URL",
+        7: "no host in the URL",
+    }
+    assert url_problems(pa.array(urls).slice(3, 3)) == {}  # a slice: offsets start inside the buffer
+
+
+def test_first_occurrences_are_numpys_unique_also_when_keys_share_their_first_half():
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 256, (20_000, 16), dtype=np.uint8)
+    keys[rng.integers(0, 20_000, 5_000)] = keys[rng.integers(0, 20_000, 5_000)]  # repeats
+    for shared in (False, True):
+        if shared:
+            keys[::3, :8] = 7  # a third of the keys differ only in their last 8 bytes
+        as_keys = keys.view("S16").ravel()
+        distinct, first = _first_occurrences(as_keys)
+        expected, expected_first = np.unique(as_keys, return_index=True)
+        assert distinct.tolist() == expected.tolist() and first.tolist() == expected_first.tolist()
 
 
 def test_captions_differing_after_a_nul_stay_two_rows(tmp_path):

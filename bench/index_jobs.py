@@ -1,14 +1,17 @@
 """The index as jobs (train, add per chunk, merge) against autofaiss's single job, on synthetic CLIP-like vectors.
 
     python bench/index_jobs.py --sizes 1000000 [--sets isotropic clustered] [--shards-per-chunk 16]
+        [--skip-autofaiss | --autofaiss-key own|jobs]
 
 For each size and data set, 512-d unit vectors are written as the workflow stores embeddings (fp16, one file per
 shard of 10,000) a shard at a time, so no step of the benchmark itself holds the set. Then, each in a fresh process
 so that its peak memory is its own: the train job (on the first chunks that hold the rows it is trained for, as the
 workflow picks them), one add job per chunk of shards, the merge job, and autofaiss's build_index over the same
-files (its defaults, metric ip, the workflow's budgets). Both indices are searched through ClipIndex, one query at
-a time on one thread, k = 10, with re-ranking factor 1 (the index's own order) and 4 (the default); recall@10 is
-against exact search over the stored fp16 vectors. Queries are stored rows plus a little noise.
+files (its defaults, metric ip, the workflow's budgets; with --autofaiss-key jobs, the key the jobs built). Each
+job's peak RSS counts the pages of files it maps; its peak anonymous memory (sampled) is what it holds itself.
+Both indices are searched through ClipIndex, one query at a time on one thread, k = 10, with re-ranking factor 1
+(the index's own order) and 4 (the default); recall@10 is against exact search over the stored fp16 vectors.
+Queries are stored rows plus a little noise.
 
 Data sets (see bench/rerank.py): isotropic, independent Gaussian directions; clustered, 4,096 concepts of Zipf
 sizes around a shared mean direction (cosine ~0.65 within a concept, ~0.25 between).
@@ -25,7 +28,7 @@ import faiss
 import numpy as np
 import pandas as pd
 from rerank import DIM, K, measure as search_figures, normalized
-from semantic_dedup import measure
+from semantic_dedup import measure, print_jobs_table
 
 from clipflow.config import load_config, output_settings
 from clipflow.index import builder
@@ -85,11 +88,12 @@ def index_folder(folder: Path, data: Path, paths: list[Path]) -> None:
     write_manifest(paths, folder, folder / "image.vectors.json")
 
 
-def autofaiss_job(data: Path, index_path: Path, infos_path: Path, options: dict) -> None:
+def autofaiss_job(data: Path, index_path: Path, infos_path: Path, options: dict, index_key: str | None) -> None:
     from autofaiss import build_index
 
     build_index(
         embeddings=str(data),
+        index_key=index_key,
         index_path=str(index_path),
         index_infos_path=str(infos_path),
         metric_type=options["metric"],
@@ -124,6 +128,12 @@ def main() -> None:
     parser.add_argument("--factors", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--skip-autofaiss", action="store_true")
+    parser.add_argument(
+        "--autofaiss-key",
+        choices=["own", "jobs"],
+        default="own",
+        help="autofaiss picks its own index key for all the vectors, or builds the jobs' key (like for like)",
+    )
     parser.add_argument("--config", default="config/config.yaml")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # each table line as it comes: a build may be stopped midway
@@ -145,23 +155,17 @@ def main() -> None:
                 print(f"\n{size:,} {kind} vectors, {len(paths)} shards, chunks of {args.shards_per_chunk} shards")
                 print(f"jobs: {infos['index_key']} trained for {infos['trained_rows']:,} rows on "
                       f"{infos['train_vectors']:,}, search {infos['index_param']}")  # fmt: skip
-                print("| job | jobs | wall, all (s) | wall, longest (s) | peak RSS, largest (MB) |")
-                print("|---|---|---|---|---|")
-                for job, runs in figures.items():
-                    seconds = [s for s, _ in runs]
-                    print(f"| {job} | {len(runs)} | {sum(seconds):.1f} | {max(seconds):.1f} | "
-                          f"{max(m for _, m in runs):,.0f} |")  # fmt: skip
-                total = sum(s for runs in figures.values() for s, _ in runs)
-                print(f"| all jobs, one after another | | {total:.1f} | | |")
+                print_jobs_table(figures)
                 folders = {"jobs": ours}
                 if not args.skip_autofaiss:
                     theirs = root / "autofaiss"
                     index_folder(theirs, root / "data", paths)
-                    seconds, memory = measure(
-                        autofaiss_job, root / "data", theirs / "image.index", theirs / "image.infos.json", options
-                    )
+                    key = infos["index_key"] if args.autofaiss_key == "jobs" else None
+                    their_paths = (theirs / "image.index", theirs / "image.infos.json")
+                    seconds, memory, anonymous = measure(autofaiss_job, root / "data", *their_paths, options, key)
                     their_infos = json.loads((theirs / "image.infos.json").read_text())
-                    print(f"| autofaiss build_index (one job) | 1 | {seconds:.1f} | {seconds:.1f} | {memory:,.0f} |")
+                    print(f"| autofaiss build_index (one job) | 1 | {seconds:.1f} | {seconds:.1f} | {memory:,.0f} | "
+                          f"{anonymous:,.0f} |")  # fmt: skip
                     print(f"autofaiss: {their_infos['index_key']}, search {their_infos['index_param']}")
                     folders["autofaiss"] = theirs
                 faiss.omp_set_num_threads(1)

@@ -13,6 +13,7 @@ import argparse
 import multiprocessing
 import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -46,14 +47,34 @@ def synthetic_shards(folder: Path, rows: int, shard_rows: int, planted_share: fl
     np.save(folder / "planted.npy", np.concatenate(planted_pairs))
 
 
+def _anonymous_mb() -> float:
+    """The resident memory this process allocated (RssAnon), without the pages of files it maps."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("RssAnon:"))
+
+
 def _measured(queue, step, args):
+    peak, done = [0.0], threading.Event()
+
+    def sample():  # every 10 ms: a shorter peak can be missed
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], _anonymous_mb())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     started = time.perf_counter()
     step(*args)
-    queue.put((time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put((seconds, peak_rss, max(peak[0], _anonymous_mb())))
 
 
-def measure(step, *args) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of `step(*args)` in a fresh process."""
+def measure(step, *args) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MB) and peak anonymous memory (MB, sampled) of `step(*args)` in a fresh process.
+    Peak RSS counts the pages of files the step maps (memory-mapped embeddings, on-disk index lists), which the
+    kernel may drop under pressure; anonymous memory is what the step itself holds."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_measured, args=(queue, step, args))
@@ -61,6 +82,18 @@ def measure(step, *args) -> tuple[float, float]:
     result = queue.get()
     process.join()
     return result
+
+
+def print_jobs_table(figures: dict) -> None:
+    """A markdown table of {kind of job: [measure(...) of each job]}."""
+    print("| job | jobs | wall, all (s) | wall, longest (s) | peak RSS, largest (MB) | peak anonymous, largest (MB) |")
+    print("|---|---|---|---|---|---|")
+    for kind, runs in figures.items():
+        seconds, rss, anonymous = zip(*runs)
+        print(
+            f"| {kind} | {len(runs)} | {sum(seconds):.1f} | {max(seconds):.1f} | {max(rss):,.0f} | {max(anonymous):,.0f} |"
+        )
+    print(f"| all jobs, one after another | | {sum(s for runs in figures.values() for s, _, _ in runs):.1f} | | | |")
 
 
 def one_process(folder: Path, shards: list, options: dict, out: Path) -> None:
@@ -119,18 +152,10 @@ def main():
         layout = jobs.read_layout(out / "l.json")
 
         print(f"{args.rows:,} rows, {layout['clusters']:,} clusters, threshold {args.threshold}")
-        print("| job | jobs | wall, all (s) | wall, longest (s) | peak RSS, largest (MB) |")
-        print("|---|---|---|---|---|")
-        for kind, runs in figures.items():
-            seconds = [s for s, _ in runs]
-            print(
-                f"| {kind} | {len(runs)} | {sum(seconds):.1f} | {max(seconds):.1f} | {max(m for _, m in runs):,.0f} |"
-            )
-        total = sum(s for runs in figures.values() for s, _ in runs)
-        print(f"| jobs, one after another | | {total:.1f} | | |")
+        print_jobs_table(figures)
         if not args.skip_one_process:
-            seconds, memory = measure(one_process, folder, shards, options, folder / "single.npy")
-            print(f"| one process (before) | 1 | {seconds:.1f} | {seconds:.1f} | {memory:,.0f} |")
+            seconds, memory, anonymous = measure(one_process, folder, shards, options, folder / "single.npy")
+            print(f"| one process (before) | 1 | {seconds:.1f} | {seconds:.1f} | {memory:,.0f} | {anonymous:,.0f} |")
             same = np.array_equal(np.load(folder / "single.npy"), duplicate_of)
             print(f"same decisions as one process: {same}")
         copies = np.load(folder / "planted.npy")[:, 0]

@@ -24,11 +24,13 @@ def test_snakefmt_formatted():
 
 
 def locked_versions() -> dict[str, str]:
+    """The shipped environment's pins: requirements.lock and what is installed without its dependencies."""
     pins = {}
-    for line in (REPO / "requirements.lock").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[name.lower().replace("_", "-")] = version
+    for lock in ("requirements.lock", "requirements-nodeps.lock"):
+        for line in (REPO / lock).read_text().splitlines():
+            if line and not line.startswith("#"):
+                name, version = line.split("==")
+                pins[name.lower().replace("_", "-")] = version
     return pins
 
 

@@ -151,6 +151,7 @@ def merge_parts(
     compact.merge_from_multiple(sources.data(), 1, False)
     del sources, growing
     os.remove(growing_path)
+    compact.prefetch_nthread = 0  # tuned as ClipIndex searches it: without faiss's read-ahead threads
     ivf.replace_invlists(compact, True)
     compact.this.disown()
     index.ntotal = ivf.ntotal = total

@@ -45,11 +45,18 @@ def _read_index(path: Path) -> faiss.Index:
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+        index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
     finally:
         ctypes.CDLL(None).fflush(None)
         os.dup2(saved, 1)
         os.close(saved)
+    ivf = faiss.try_extract_index_ivf(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+    if isinstance(lists, faiss.OnDiskInvertedLists):
+        # faiss starts up to 32 threads to read the probed lists ahead on every search: one query at a time, that
+        # took 3x the search itself. The lists are memory-mapped: the page cache reads them.
+        lists.prefetch_nthread = 0
+    return index
 
 
 def is_exact(index: faiss.Index) -> bool:

@@ -170,6 +170,9 @@ def test_a_new_input_file_adds_parts_and_keeps_ids(grown):
     )
     new = np.load(workdir / "data/part-1.npz")["img"][::50]
     assert index.search(new, "image", 1)[1][:, 0].tolist() == list(range(3000, 4000, 50))
+    # searched without faiss's read-ahead threads on its on-disk lists (3x the time of a query alone)
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index.index("image")).invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists) and lists.prefetch_nthread == 0
 
 
 def test_merged_index_equals_the_trained_index_given_every_vector(grown):

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from clipflow import files
 from clipflow.errors import ClipflowError
+from clipflow.index.builder import without_read_ahead
 from clipflow.index.vectors import RERANK_FACTOR, StoredVectors
 
 MODALITIES = ("image", "text")
@@ -50,12 +51,7 @@ def _read_index(path: Path) -> faiss.Index:
         ctypes.CDLL(None).fflush(None)
         os.dup2(saved, 1)
         os.close(saved)
-    ivf = faiss.try_extract_index_ivf(index)
-    lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
-    if isinstance(lists, faiss.OnDiskInvertedLists):
-        # faiss starts up to 32 threads to read the probed lists ahead on every search: one query at a time, that
-        # took 3x the search itself. The lists are memory-mapped: the page cache reads them.
-        lists.prefetch_nthread = 0
+    without_read_ahead(index)
     return index
 
 

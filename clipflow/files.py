@@ -42,6 +42,54 @@ def write_parquet(frame, path: Path | str, **options) -> None:
         pq.write_table(table, tmp, **options)
 
 
+def unified_schema(parquets) -> pa.Schema:
+    """The schema that the tables of all `parquets` fit: a column some lack, or that holds only nulls in some, takes
+    the type the others give it."""
+    schemas = [pq.read_schema(path) for path in parquets]
+    return pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
+
+
+def fitted(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with `schema`'s columns, in its order and types: the columns it lacks are nulls."""
+    for field in schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(schema.names).cast(schema)
+
+
+class RowGroupWriter:
+    """A parquet file written as tables arrive, in row groups of `rows` rows (the last may hold fewer), so that a
+    job streaming a large table holds one row group, and tables streamed from the same input line up group by
+    group. Replaces `path` only when the block finishes."""
+
+    def __init__(self, path: Path | str, schema: pa.Schema, rows: int):
+        self._replacing = replacing(path)
+        self._writer = pq.ParquetWriter(self._replacing.__enter__(), schema)
+        self.schema, self.rows, self.written = schema, rows, 0
+        self._pending: list[pa.Table] = []
+
+    def write(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        pending = sum(t.num_rows for t in self._pending)
+        if pending >= self.rows:
+            joined = pa.concat_tables(self._pending)
+            whole = pending // self.rows * self.rows
+            self._writer.write_table(joined.slice(0, whole), row_group_size=self.rows)
+            self.written += whole
+            self._pending = [joined.slice(whole)]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None and any(t.num_rows for t in self._pending):
+            rest = pa.concat_tables(self._pending)
+            self._writer.write_table(rest, row_group_size=self.rows)
+            self.written += rest.num_rows
+        self._writer.close()
+        return self._replacing.__exit__(kind, value, traceback)
+
+
 def sha256_file(path: Path | str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -21,6 +21,7 @@ MODEL_MANIFEST = "results/model.json"
 # One file each standing for every download batch's and every embedding chunk's record (see write_listing).
 DOWNLOADED = "results/listings/batches.json"
 EMBEDDED = "results/listings/chunks.json"
+INDEX_TRAINING = "results/listings/index_training.json"  # the chunks the index trains on
 CURATE_DIR = "results/curate"
 AESTHETIC_DIR = f"{CURATE_DIR}/aesthetic_embeddings"
 SUBSETS_DIR = f"{CURATE_DIR}/subsets"

@@ -2,12 +2,31 @@
 # trained index, merge the parts into on-disk lists. New input files add parts; the training stays until the
 # pool outgrows it by index.retrain_growth.
 localrules:
+    list_training_chunks,
     list_index_parts,
+
+
+# One file standing for the chunks the index trains on: index_train's lone input (listed, as in
+# write_listing, since every part's job checks its trained index's inputs: thousands x thousands of files).
+rule list_training_chunks:
+    input:
+        records=index_training_records,
+    output:
+        listing=INDEX_TRAINING,
+    log:
+        "logs/index/list_training_chunks.log",
+    conda:
+        "../envs/clipflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../scripts/list_records.py"
 
 
 rule index_train:
     input:
-        chunks=index_training_records,
+        chunks=INDEX_TRAINING,
     output:
         index=f"{INDEX_DIR}/{{modality}}/trained.index",
         infos=f"{INDEX_DIR}/{{modality}}/trained.json",

@@ -3,11 +3,11 @@ import faiss
 from clipflow.embed import embedding_files
 from clipflow.index.builder import train_index
 from clipflow.logs import redirect_to_log
-from clipflow.shards import recorded_shards
+from clipflow.shards import listed_shards
 
 with redirect_to_log(snakemake.log[0]):
     faiss.omp_set_num_threads(snakemake.threads)
-    folder, shards = recorded_shards(snakemake.input.chunks)  # the embeddings folder, the training chunks' shards
+    folder, shards = listed_shards(snakemake.input.chunks)  # the embeddings folder, the training chunks' shards
     train_index(
         embedding_files(folder, shards, snakemake.wildcards.modality),
         snakemake.params.rows,

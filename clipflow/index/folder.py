@@ -30,12 +30,17 @@ RESULT_COLUMNS = ("uid", "url", "caption")
 
 
 def write_metadata(parquets: list, path: Path | str) -> int:
-    """Concatenate the chunks' metadata, in index order, into one Arrow IPC file; returns the row count."""
-    tables = [pq.read_table(p) for p in parquets]
-    table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
-    with files.replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    return table.num_rows
+    """Concatenate the chunks' metadata, in index order, into one Arrow IPC file; returns the row count. One
+    file at a time is read, cast to the schema they all fit (a column a file lacks is null there), and written:
+    the job holds one shard's metadata at any pool size."""
+    schema = files.unified_schema(parquets)
+    rows = 0
+    with files.replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for parquet in parquets:
+            table = files.fitted(pq.read_table(parquet), schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    return rows
 
 
 def _read_index(path: Path) -> faiss.Index:

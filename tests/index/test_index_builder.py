@@ -61,3 +61,31 @@ def test_autofaiss_can_build_the_opq_indices_it_picks_at_scale():
     index.train(vectors)
     index.add(vectors)
     assert index.ntotal == 2_000
+
+
+def test_metadata_file_concatenates_chunks_of_different_columns(tmp_path):
+    """The index's metadata.arrow is written one chunk at a time; chunks that lack a column, or hold only nulls
+    in it, are filled with nulls of the type the others give it."""
+    import pyarrow as pa
+    import pyarrow.ipc
+    import pyarrow.parquet as pq
+
+    from clipflow.index.folder import write_metadata
+
+    chunks = [
+        pa.table({"uid": ["a", "b"], "caption": ["one", "two"], "width": pa.array([None, None], pa.null())}),
+        pa.table({"uid": ["c"], "caption": ["three"], "width": pa.array([640], pa.int64()), "extra": [1.5]}),
+        pa.table({"uid": ["d"], "caption": [None]}),
+    ]
+    for i, chunk in enumerate(chunks):
+        pq.write_table(chunk, tmp_path / f"{i}.parquet")
+    assert write_metadata([tmp_path / f"{i}.parquet" for i in range(3)], tmp_path / "metadata.arrow") == 4
+    table = pa.ipc.open_file(pa.memory_map(str(tmp_path / "metadata.arrow"))).read_all()
+    assert table.schema.names == ["uid", "caption", "width", "extra"]
+    assert table.column("width").type == pa.int64() and table.column("extra").type == pa.float64()
+    assert table.to_pydict() == {
+        "uid": ["a", "b", "c", "d"],
+        "caption": ["one", "two", "three", None],
+        "width": [None, None, 640, None],
+        "extra": [None, None, 1.5, None],
+    }

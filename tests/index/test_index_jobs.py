@@ -199,5 +199,7 @@ def test_outgrowing_the_training_trains_again(grown):
     )
     planned = planned_jobs(result.stdout + result.stderr)
     assert planned == sorted(
-        ["index_train[image]"] + ["index_add[image]"] * 8 + ["index_merge[image]", "list_index_parts[image]"]
+        ["index_train[image]"]
+        + ["index_add[image]"] * 8
+        + ["index_merge[image]", "list_index_parts[image]", "list_training_chunks"]
     )

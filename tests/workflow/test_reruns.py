@@ -12,8 +12,10 @@ from conftest import free_port, planned_jobs, run_snakemake, small_run_config, w
 
 DOWNLOADS = ["download_batch[00000000]", "download_batch[00000001]", "list_batches", "summarize_downloads"]
 EMBEDDINGS = ["embed_chunk[00000000]", "list_chunks", "summarize_embeddings"]
-INDICES = [f"{rule}[{modality}]" for rule in ("index_train", "index_add", "list_index_parts", "index_merge")
-           for modality in ("image", "text")]  # fmt: skip
+INDICES = ["list_training_chunks"] + [
+    f"{rule}[{modality}]" for rule in ("index_train", "index_add", "list_index_parts", "index_merge")
+    for modality in ("image", "text")
+]  # fmt: skip
 INDEX_VECTORS = ["index_vectors[image]", "index_vectors[text]"]
 NEAR_DUPLICATES = [  # the demo's semantic_dedup filter, as jobs: one embedding chunk, two cluster groups
     "near_duplicate_centroids[near_duplicates]",

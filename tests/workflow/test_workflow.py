@@ -370,6 +370,7 @@ def test_a_truncated_tar_is_found_and_downloaded_again_alone(workflow_run):
         "list_chunks",
         "list_index_parts[image]",
         "list_index_parts[text]",
+        "list_training_chunks",
         "summarize_benchmarks",
         "summarize_downloads",
         "summarize_embeddings",

@@ -1,5 +1,3 @@
-import pandas as pd
-
 from clipflow import files
 from clipflow.curate.filters import run_filter
 from clipflow.embed import embedding_files
@@ -7,12 +5,10 @@ from clipflow.shards import listed_shards
 from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
-    pool = pd.read_parquet(snakemake.input.pool)
     modality = snakemake.params.modality  # the embeddings the filter reads besides the pool, if any
     if "prepared" in snakemake.input.keys():  # the result of the filter's own jobs stands for the embeddings
         arrays = [snakemake.input.prepared]
     else:
         arrays = embedding_files(*listed_shards(snakemake.input.chunks), modality) if modality else []
-    table, info = run_filter(snakemake.params.options, pool, arrays)
-    files.write_parquet(table, snakemake.output.table)
+    info = run_filter(snakemake.params.options, snakemake.input.pool, arrays, snakemake.output.table)
     files.write_json(snakemake.output.info, info)

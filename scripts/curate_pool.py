@@ -1,7 +1,6 @@
 from pathlib import Path
 
-from clipflow import files
-from clipflow.curate.pool import build_pool
+from clipflow.curate.pool import write_pool
 from clipflow.curate.scores import SCORE_COLUMNS
 from clipflow.embed import embedding_files
 from clipflow.ingest.planner import load_plan
@@ -13,11 +12,16 @@ with redirect_to_log(snakemake.log[0]):
     embeddings = listed_folder(snakemake.input.chunks)
     # The downloads' parquets, but none when the embeddings are precomputed (the pool is then made from metadata)
     downloads = listed_folder(snakemake.input.batches) if "batches" in snakemake.input.keys() else None
-    pool = build_pool(
-        *(embedding_files(embeddings, plan.shards, kind) for kind in ("metadata", "image", "text")),
-        [str(rows_path(downloads, shard)) for shard in plan.shards] if downloads else [],
-        [plan.shard_path(shard) for shard in plan.shards],
-        snakemake.params.metadata_cols,
-        {key: snakemake.input.get(key) for key in SCORE_COLUMNS},
-    )
-    files.write_parquet(pool, snakemake.output.pool)
+    metadata, image, text = (embedding_files(embeddings, plan.shards, kind) for kind in ("metadata", "image", "text"))
+    shards = [
+        {
+            "metadata": metadata[i],
+            "image": image[i],
+            "text": text[i],
+            "plan": plan.shard_path(shard),
+            "download": str(rows_path(downloads, shard)) if downloads else None,
+        }
+        for i, shard in enumerate(plan.shards)
+    ]
+    models = {key: snakemake.input.get(key) for key in SCORE_COLUMNS}
+    write_pool(shards, snakemake.params.metadata_cols, models, snakemake.output.pool)

@@ -1,32 +1,75 @@
 """The pool that curation works on: every embedded row (with embed.precomputed, every planned row), with its
 image-text similarity, the original image size (the metadata's when input.metadata_cols has it, else the one the
 download recorded), input.metadata_cols, and the configured heads' scores (aesthetic_score, punsafe). Pool row i
-is index id i (shards in order, rows in key order)."""
+is index id i (shards in order, rows in key order).
 
+It is built shard by shard and written in row groups of POOL_ROWS: the curation jobs read it a row group at a time,
+so that none holds the pool (1.28B rows of DataComp-large are ~250 GB in pandas)."""
+
+import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from clipflow.curate.scores import head_scores
+from clipflow import files
+from clipflow.curate.scores import head_scores, load_heads
 from clipflow.embed.summary import pair_similarities
 from clipflow.shards import SIZE_COLUMNS, plan_keys
 
+POOL_ROWS = 100_000  # rows in a row group of the pool and of each filter's table: what a curation job holds
 
-def build_pool(
-    metadata_paths, image_paths, text_paths, shard_parquets, plan_parquets, metadata_cols, score_models: dict
-) -> pd.DataFrame:
-    pool = pd.concat([pd.read_parquet(p) for p in metadata_paths], ignore_index=True)
-    pool["clip_score"] = pair_similarities(image_paths, text_paths)
-    for column, scores in head_scores(score_models, image_paths).items():
+
+def write_pool(shards: list[dict], metadata_cols, score_models: dict, path: Path | str) -> int:
+    """The pool of `shards` (each: its embeddings' metadata, image and text paths, its plan parquet, and its
+    download's parquet or None), in their order, as one parquet file; returns its row count. Shards are staged
+    a row group's worth at a time beside `path`, then written with the schema they all fit."""
+    heads = load_heads(score_models)
+    staging = Path(f"{path}.parts")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    parts, pending, empty = [], [], None
+
+    def stage():
+        if pending:
+            parts.append(staging / f"{len(parts):08d}.parquet")
+            pq.write_table(pa.concat_tables(pending, promote_options="permissive"), parts[-1])
+            pending.clear()
+
+    for shard in shards:
+        rows = shard_pool(**shard, metadata_cols=metadata_cols, heads=heads)
+        table = pa.Table.from_pandas(rows, preserve_index=False).replace_schema_metadata(None)
+        if rows.empty:  # a shard none of whose images downloaded: its columns may have no types
+            empty = table
+            continue
+        pending.append(table)
+        if sum(table.num_rows for table in pending) >= POOL_ROWS:
+            stage()
+    if not parts and not pending and empty is not None:  # an empty pool still has its columns
+        pending.append(empty)
+    stage()
+    schema = files.unified_schema(parts)
+    with files.RowGroupWriter(path, schema, POOL_ROWS) as writer:
+        for part in parts:
+            writer.write(files.fitted(pq.read_table(part), schema))
+    shutil.rmtree(staging)
+    return writer.written
+
+
+def shard_pool(metadata, image, text, plan, download, metadata_cols, heads: dict) -> pd.DataFrame:
+    """One shard's pool rows."""
+    pool = pd.read_parquet(metadata)
+    pool["clip_score"] = pair_similarities([image], [text])
+    for column, scores in head_scores(heads, image).items():
         pool[column] = scores
     from_plan = [column for column in metadata_cols if column not in pool.columns]
     if from_plan:  # embedded from the downloads: the metadata columns come from the plan, by key
-        planned = pd.concat([_plan_columns(path, from_plan) for path in plan_parquets], ignore_index=True)
-        pool = pool.merge(planned, on="key", how="left", validate="one_to_one")
+        pool = pool.merge(_plan_columns(plan, from_plan), on="key", how="left", validate="one_to_one")
     sizes = [column for column in SIZE_COLUMNS if column not in pool.columns]
-    if sizes and shard_parquets:
-        downloaded = pd.concat([pd.read_parquet(p, columns=["key", *sizes]) for p in shard_parquets])
-        pool = pool.merge(downloaded.dropna(subset=sizes), on="key", how="left", validate="one_to_one")
+    if sizes and download:
+        downloaded = pd.read_parquet(download, columns=["key", *sizes]).dropna(subset=sizes)
+        pool = pool.merge(downloaded, on="key", how="left", validate="one_to_one")
     return pool
 
 
@@ -34,3 +77,14 @@ def _plan_columns(plan_parquet, columns: list[str]) -> pd.DataFrame:
     rows = pd.read_parquet(plan_parquet, columns=columns)
     rows.insert(0, "key", plan_keys(Path(plan_parquet).stem, len(rows)))
     return rows
+
+
+def pool_batches(path: Path | str, columns: list[str] | None = None):
+    """The pool's row groups in order, as pandas frames of `columns` (all when None) indexed by pool row."""
+    pool = pq.ParquetFile(path)
+    start = 0
+    for group in range(pool.num_row_groups):
+        rows = pool.read_row_group(group, columns=columns).to_pandas()
+        rows.index = pd.RangeIndex(start, start + len(rows))
+        start += len(rows)
+        yield rows

@@ -12,21 +12,22 @@ from clipflow.embed.heads import AESTHETIC, RATINGS, SAFETY, load_head, unsafe_p
 SCORE_COLUMNS = {"aesthetic_model": "aesthetic_score", "safety_model": "punsafe"}  # curate.scores key -> column
 
 
-def head_scores(models: dict, image_paths) -> dict[str, np.ndarray]:
-    """The pool's score columns for the configured heads ({"aesthetic_model": path, "safety_model": path},
-    unset ones None), in pool order."""
-    heads = {
+def load_heads(models: dict) -> dict:
+    """The configured heads ({"aesthetic_model": path, "safety_model": path}, unset ones None) by pool column."""
+    return {
         SCORE_COLUMNS[key]: load_head(path, AESTHETIC if key == "aesthetic_model" else SAFETY)
         for key, path in models.items()
         if path
     }
-    scores: dict[str, list] = {column: [] for column in heads}
-    for path in image_paths:
-        embeddings = np.load(path, mmap_mode="r")
-        for column, head in heads.items():
-            score = unsafe_probability(head, embeddings) if column == "punsafe" else head(embeddings)
-            scores[column].append(score.astype(np.float32))
-    return {column: np.concatenate(parts) if parts else np.empty(0, np.float32) for column, parts in scores.items()}
+
+
+def head_scores(heads: dict, image_path) -> dict[str, np.ndarray]:
+    """One shard's score columns from `heads` (load_heads), over its image embeddings."""
+    embeddings = np.load(image_path, mmap_mode="r")
+    return {
+        column: (unsafe_probability(head, embeddings) if column == "punsafe" else head(embeddings)).astype(np.float32)
+        for column, head in heads.items()
+    }
 
 
 def rating_embeddings(aesthetic_scores: np.ndarray, image_paths) -> np.ndarray:

@@ -6,16 +6,20 @@ import os
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import webdataset as wds
 
 from clipflow.config import validate_config
-from clipflow.curate.filters import make_filter
+from clipflow.curate import pool as pool_module
+from clipflow.curate.filters import run_filter
 from clipflow.curate.filters.basic import basic_filter
-from clipflow.curate.filters.clip_score import clip_score_filter
+from clipflow.curate.filters.clip_score import top_fraction_threshold
 from clipflow.curate.filters.text_based import read_vocabulary, text_based_filter
 from clipflow.errors import ClipflowError
+from clipflow.shards import plan_keys
 from clipflow.curate.reshard import reshard
 from clipflow.curate.near_duplicates import near_duplicates
 from clipflow.curate.subset import combine, uid_array
@@ -31,10 +35,23 @@ BASIC = {
 }
 
 
-def test_clip_score_threshold_keeps_rows_at_or_above_it():
+def filter_pool(tmp_path, pool: pd.DataFrame, options: dict) -> tuple[pd.DataFrame, dict]:
+    """A filter run as its job runs it, over `pool` written in row groups of 3 rows: its table and record."""
+    pool = pool.assign(key=[f"{i:04d}" for i in range(len(pool))])
+    pool.to_parquet(tmp_path / "pool.parquet", row_group_size=3)
+    info = run_filter(options, tmp_path / "pool.parquet", [], tmp_path / "table.parquet")
+    return pd.read_parquet(tmp_path / "table.parquet"), info
+
+
+def clip_score(threshold=None, top_fraction=None, score_column="clip_score") -> dict:
+    return {"kind": "clip_score", "threshold": threshold, "top_fraction": top_fraction, "score_column": score_column}
+
+
+def test_clip_score_threshold_keeps_rows_at_or_above_it(tmp_path):
     scores = np.array([0.1, 0.25, 0.3, 0.24999, 0.5], np.float32)
-    keep, threshold = clip_score_filter(scores, 0.25, None)
-    assert keep.tolist() == [False, True, True, False, True] and threshold == 0.25
+    table, info = filter_pool(tmp_path, pd.DataFrame({"uid": list("abcde"), "clip_score": scores}), clip_score(0.25))
+    assert table["keep"].tolist() == [False, True, True, False, True] and info["threshold"] == 0.25
+    assert (info["rows"], info["kept"], info["removed"]) == (5, 3, 2)
 
 
 def datacomp_top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
@@ -44,20 +61,78 @@ def datacomp_top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("rows, fraction, kept", [(284, 0.5, 143), (20, 0.3, 7), (100, 0.3, 31), (7, 0.9, 7)])
-def test_clip_score_top_fraction_keeps_the_rows_datacomp_keeps(rows, fraction, kept):
+def test_clip_score_top_fraction_keeps_the_rows_datacomp_keeps(tmp_path, rows, fraction, kept):
     scores = np.random.default_rng(rows).permutation(rows).astype(np.float64) / rows
-    keep, threshold = clip_score_filter(scores, None, fraction)
+    pool = pd.DataFrame({"uid": [str(i) for i in range(rows)], "clip_score": scores})
+    table, info = filter_pool(tmp_path, pool, clip_score(top_fraction=fraction))
+    keep, threshold = table["keep"].to_numpy(), info["threshold"]
     assert keep.sum() == kept and (keep == datacomp_top_fraction(scores, fraction)).all()
     assert scores[keep].min() == threshold and scores[~keep].max(initial=-1) < threshold
-    tied = np.array([0.9, 0.5, 0.5, 0.5, 0.1], np.float32)
-    assert clip_score_filter(tied, None, 0.2)[0].tolist() == [True, True, True, True, False]
-    assert clip_score_filter(scores, None, 1.0)[0].all()
+    assert top_fraction_threshold(lambda: [scores], 1.0) == scores.min()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_top_fraction_threshold_is_exact_over_batches_with_ties_and_signs(seed):
+    """The radix selection over float64 bits, in batches, equals sorting: negative and positive scores, -0.0 and
+    0.0, ties, denormals and values that differ in their last bit."""
+    rng = np.random.default_rng(seed)
+    scores = np.concatenate(
+        [rng.normal(0, 1, 500), [0.0, -0.0, 5e-324, -5e-324, 1.0, np.nextafter(1.0, 2), -1.0], np.full(50, 0.25)]
+    )
+    rng.shuffle(scores)
+    batches = np.array_split(scores, 7)
+    for fraction in (0.001, 0.1, 0.3, 0.5, 0.9, 1.0):
+        expected = -np.sort(-scores)[min(int(len(scores) * fraction), len(scores) - 1)]
+        assert top_fraction_threshold(lambda: iter(batches), fraction) == expected
+    assert top_fraction_threshold(lambda: [np.zeros(0)], 0.3) is None
 
 
 @pytest.mark.parametrize("threshold, fraction", [(None, None), (0.2, 0.3)])
-def test_clip_score_needs_exactly_one_rule(threshold, fraction):
+def test_clip_score_needs_exactly_one_rule(tmp_path, threshold, fraction):
     with pytest.raises(ClipflowError, match="exactly one"):
-        clip_score_filter(np.zeros(3, np.float32), threshold, fraction)
+        filter_pool(tmp_path, pd.DataFrame({"uid": ["a"], "clip_score": [0.5]}), clip_score(threshold, fraction))
+
+
+def test_pool_is_written_shard_by_shard_in_row_groups(tmp_path, monkeypatch):
+    """Each shard's rows with their clip_score and the plan's metadata columns, joined by key, in shard order and
+    row groups of POOL_ROWS; a column that is all nulls in one shard takes the type the others give it."""
+    monkeypatch.setattr(pool_module, "POOL_ROWS", 4)
+    rng = np.random.default_rng(0)
+    shards, expected = [], []
+    for number, rows in enumerate((3, 0, 6, 2)):
+        shard = f"{number:08d}"
+        keys = plan_keys(shard, max(rows, 1))[:rows]
+        pd.DataFrame({"key": keys, "uid": [f"{shard}-{i}" for i in range(rows)]}).to_parquet(
+            tmp_path / f"{shard}.m.parquet"
+        )
+        vectors = rng.standard_normal((2, rows, 8))
+        vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
+        for name, part in zip(("image", "text"), vectors):
+            np.save(tmp_path / f"{shard}.{name}.npy", part.astype(np.float16))
+        width = [None] * rows if number == 0 else list(range(rows))
+        pd.DataFrame({"width": pd.Series(width, dtype=object)}).to_parquet(tmp_path / f"{shard}.parquet")
+        shards.append(
+            {
+                **{kind: tmp_path / f"{shard}.{kind}.npy" for kind in ("image", "text")},
+                "metadata": tmp_path / f"{shard}.m.parquet",
+                "plan": tmp_path / f"{shard}.parquet",
+                "download": None,
+            }
+        )
+        scores = (vectors[0].astype(np.float16).astype(np.float32) * vectors[1].astype(np.float16)).sum(1)
+        expected += [(key, f"{shard}-{i}", scores[i], width[i]) for i, key in enumerate(keys)]
+    assert pool_module.write_pool(shards, ["width"], {}, tmp_path / "pool.parquet") == 11
+    pool = pq.ParquetFile(tmp_path / "pool.parquet")
+    assert [pool.metadata.row_group(g).num_rows for g in range(pool.num_row_groups)] == [4, 4, 3]
+    assert pool.schema_arrow.field("width").type == pa.int64()
+    frame = pd.concat(pool_module.pool_batches(tmp_path / "pool.parquet"))
+    assert frame.index.tolist() == list(range(11))  # indexed by pool row
+    assert frame["key"].tolist() == [row[0] for row in expected] and frame["uid"].tolist() == [
+        row[1] for row in expected
+    ]
+    np.testing.assert_allclose(frame["clip_score"], [row[2] for row in expected], atol=1e-3)
+    assert [None if pd.isna(w) else w for w in frame["width"]] == [row[3] for row in expected]
+    assert not (tmp_path / "pool.parquet.parts").exists()
 
 
 def basic_rows() -> pd.DataFrame:
@@ -310,7 +385,8 @@ def test_workflow_filters_give_the_known_answers(curated):
     expected = [WORKFLOW_ROWS[r] for r in pool["row"]]
     assert filters["basic"]["keep"].tolist() == [e[2] for e in expected]
     assert filters["dogs_and_foxes"]["keep"].tolist() == [e[3] for e in expected]
-    duplicate_rows = [pool["row"][pool["key"] == k].item() if k else None for k in filters["near_duplicates"]["detail"]]
+    # a removed copy's detail: the pool row (index id) of the copy kept
+    duplicate_rows = [pool["row"][int(n)] if n else None for n in filters["near_duplicates"]["detail"]]
     assert duplicate_rows == [e[4] for e in expected]
 
     image = np.concatenate([np.load(p) for p in sorted((curated / "results/embeddings/image").glob("*.npy"))])
@@ -409,16 +485,20 @@ def test_new_head_weights_rescore_the_pool(curated):
     assert "embed_chunk" not in jobs and "download_batch" not in jobs
 
 
-def test_any_numeric_pool_column_can_be_the_score():
-    pool = pd.DataFrame({"uid": list("abcd"), "clip_score": [0.9, 0.1, 0.2, 0.3], "similarity": [0.1, 0.3, 0.29, 0.27]})
-    by_column = make_filter(
-        {"kind": "clip_score", "threshold": 0.28, "top_fraction": None, "score_column": "similarity"}
+def test_any_numeric_pool_column_can_be_the_score(tmp_path):
+    pool = pd.DataFrame(
+        {
+            "uid": list("abcdefg"),
+            "clip_score": [0.9, 0.1, 0.2, 0.3, 0.5, 0.5, 0.5],
+            "similarity": [0.1, 0.3, 0.29, 0.27, 0.5, 0.1, 0.6],
+        }
     )
-    assert by_column.decide(pool, []).keep.tolist() == [False, True, True, False]
+    by_column = clip_score(threshold=0.28, score_column="similarity")
+    assert filter_pool(tmp_path, pool, by_column)[0]["keep"].tolist() == [False, True, True, False, True, False, True]
     for column, message in (("nope", r"no column 'nope'"), ("uid", r"column 'uid' holds object, not numbers")):
-        options = {"kind": "clip_score", "threshold": 0.2, "top_fraction": None, "score_column": column}
         with pytest.raises(ClipflowError, match=message):
-            make_filter(options).decide(pool, [])
-    pool.loc[2, "similarity"] = None
-    with pytest.raises(ClipflowError, match=r"'similarity' has no value in pool row 2 \(uid c\)"):
-        by_column.decide(pool, [])
+            filter_pool(tmp_path, pool, clip_score(threshold=0.2, score_column=column))
+    pool.loc[5, "similarity"] = None  # in the second row group: named by its row in the pool
+    for options in (by_column, clip_score(top_fraction=0.5, score_column="similarity")):
+        with pytest.raises(ClipflowError, match=r"'similarity' has no value in pool row 5 \(uid f\)"):
+            filter_pool(tmp_path, pool, options)

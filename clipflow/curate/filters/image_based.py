@@ -7,6 +7,7 @@ training images (`in1k_clip_vit_l14_{0..4}`, torch-saved dicts with `image_featu
 The pool's image embeddings must be ViT-L-14's, as with `embed.precomputed: {image: l14_img, ...}`.
 """
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -68,27 +69,34 @@ class ImageBased(Filter):
     def embeddings(self) -> str | None:
         return "image"
 
-    def decide(self, pool, embeddings) -> Decision:
+    @functools.cached_property
+    def clusters(self) -> tuple[np.ndarray, np.ndarray]:
+        """The centroids, and those nearest to an ImageNet target."""
         centroids = load_vectors(self.options["centroids"])
         targets = np.concatenate([load_vectors(path) for path in self._targets()])
         if targets.shape[1] != centroids.shape[1]:
             raise ClipflowError(
                 f"image_based filter: the targets are {targets.shape[1]}-d and the centroids {centroids.shape[1]}-d"
             )
-        chosen = np.unique(nearest(targets, centroids))
-        captions = pool["caption"].fillna("")
+        return centroids, np.unique(nearest(targets, centroids))
+
+    def resolve(self, pool) -> dict:
+        centroids, chosen = self.clusters
+        return {"clusters": len(centroids), "imagenet_clusters": len(chosen)}
+
+    def decide(self, rows, embeddings, resolved) -> Decision:
+        centroids, chosen = self.clusters
+        captions = rows["caption"].fillna("")
         checks = {
             "caption of one word": (captions.str.split().str.len() <= 1).to_numpy(),
             "caption too short": (captions.str.len() <= 5).to_numpy(),
         }
         checks.update(language_checks(captions, self.options))
-        if embeddings and embeddings[0].shape[1] != centroids.shape[1]:
+        if embeddings.shape[1] != centroids.shape[1]:
             raise ClipflowError(
-                f"image_based filter: the pool's image embeddings are {embeddings[0].shape[1]}-d and the centroids "
+                f"image_based filter: the pool's image embeddings are {embeddings.shape[1]}-d and the centroids "
                 f"{centroids.shape[1]}-d: the centroids belong to another model (DataComp's: ViT-L-14)"
             )
-        clusters = np.concatenate([nearest(part, centroids) for part in embeddings]) if embeddings else np.zeros(0)
-        checks["image far from ImageNet"] = ~np.isin(clusters, chosen)
-        reason = first_failures(checks, len(pool))
-        info = {"clusters": len(centroids), "imagenet_clusters": len(chosen)}
-        return Decision(reason.isna().to_numpy(), reason, info)
+        checks["image far from ImageNet"] = ~np.isin(nearest(embeddings, centroids), chosen)
+        reason = first_failures(checks, len(rows))
+        return Decision(reason.isna().to_numpy(), reason)

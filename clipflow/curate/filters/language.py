@@ -16,7 +16,7 @@ class Language(Filter):
     def assets(self) -> list[str]:
         return language_model_files(self.options)
 
-    def decide(self, pool, embeddings) -> Decision:
-        found = caption_languages(pool["caption"], self.options["language_model"])
+    def decide(self, rows, embeddings, resolved) -> Decision:
+        found = caption_languages(rows["caption"], self.options["language_model"])
         keep = np.isin(found, self.options["languages"])
         return Decision(keep, pd.Series(np.where(keep, None, found), dtype=object))

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 
 from clipflow.curate.filters.base import Decision, Filter
-from clipflow.errors import ClipflowError
 
 
 class SemanticDedup(Filter):
@@ -24,13 +23,8 @@ class SemanticDedup(Filter):
     def embeddings(self) -> str | None:
         return self.options["modality"]
 
-    def decide(self, pool, embeddings) -> Decision:
-        """`embeddings` holds one array: each pool row's duplicate_of, from the near-duplicate jobs."""
-        (duplicate_of,) = embeddings
-        if len(duplicate_of) != len(pool):
-            raise ClipflowError(
-                f"the near-duplicate jobs decided on {len(duplicate_of)} rows, the pool has {len(pool)}"
-            )
-        keep = np.asarray(duplicate_of) < 0
-        kept_key = pool["key"].to_numpy()[np.maximum(duplicate_of, 0)]
-        return Decision(keep, pd.Series(np.where(keep, None, kept_key), dtype=object))
+    def decide(self, rows, embeddings, resolved) -> Decision:
+        """`embeddings`: the rows' duplicate_of, from the near-duplicate jobs. A removed row's detail is the pool row
+        (the index id) of the copy kept."""
+        keep = np.asarray(embeddings) < 0
+        return Decision(keep, pd.Series(np.where(keep, None, embeddings.astype(str)), dtype=object))

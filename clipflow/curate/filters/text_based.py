@@ -1,5 +1,6 @@
 """Text-based: keep captions that name a vocabulary term as whole words (multi-word terms as phrases)."""
 
+import functools
 import re
 
 import pandas as pd
@@ -62,6 +63,10 @@ class TextBased(Filter):
         vocabulary = self.options["vocabulary"]
         return [vocabulary] if isinstance(vocabulary, str) else []
 
-    def decide(self, pool, embeddings) -> Decision:
-        keep, matched = text_based_filter(pool["caption"], read_vocabulary(self.options["vocabulary"]))
+    @functools.cached_property
+    def vocabulary(self) -> list[str]:
+        return read_vocabulary(self.options["vocabulary"])
+
+    def decide(self, rows, embeddings, resolved) -> Decision:
+        keep, matched = text_based_filter(rows["caption"], self.vocabulary)
         return Decision(keep, matched)

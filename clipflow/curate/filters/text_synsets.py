@@ -79,11 +79,13 @@ class TextSynsets(Filter):
     def assets(self) -> list[str]:
         return [self.options["synsets"], *language_model_files(self.options)]
 
-    def decide(self, pool, embeddings) -> Decision:
-        matched = synset_matches(
-            pool["caption"], read_synset_ids(self.options["synsets"]), load_wordnet(self.options["wordnet"])
-        )
+    @functools.cached_property
+    def synsets(self) -> tuple:
+        return read_synset_ids(self.options["synsets"]), load_wordnet(self.options["wordnet"])
+
+    def decide(self, rows, embeddings, resolved) -> Decision:
+        matched = synset_matches(rows["caption"], *self.synsets)
         keep = matched.notna().to_numpy()
-        for failed in language_checks(pool["caption"].fillna(""), self.options).values():
+        for failed in language_checks(rows["caption"].fillna(""), self.options).values():
             keep &= ~failed
         return Decision(keep, matched)

@@ -11,5 +11,5 @@ class Unsafe(Filter):
     options_schema = {"max_probability": {"type": "number", "minimum": 0, "maximum": 1, "default": UNSAFE_ABOVE}}
     score_model = "safety_model"
 
-    def decide(self, pool, embeddings) -> Decision:
-        return Decision(pool["punsafe"].to_numpy() <= self.options["max_probability"])
+    def decide(self, rows, embeddings, resolved) -> Decision:
+        return Decision(rows["punsafe"].to_numpy() <= self.options["max_probability"])

@@ -18,11 +18,7 @@ def top_fraction_threshold(batches, fraction: float) -> float | None:
 
     Exact, without holding the scores: a radix selection over their float64 bits, 16 bits a pass (four passes
     over the batches), counting 65,536 values at a time."""
-    rows = sum(len(scores) for scores in batches())
-    if rows == 0:
-        return None
-    rank = rows - 1 - min(int(rows * fraction), rows - 1)  # the threshold's place in ascending order
-    prefix = np.uint64(0)
+    prefix, rank = np.uint64(0), None
     for shift in (48, 32, 16, 0):
         counts = np.zeros(1 << 16, np.int64)
         for scores in batches():
@@ -30,6 +26,11 @@ def top_fraction_threshold(batches, fraction: float) -> float | None:
             if shift < 48:
                 keys = keys[keys >> np.uint64(shift + 16) == prefix]
             counts += np.bincount((keys >> np.uint64(shift) & np.uint64(0xFFFF)).astype(np.int64), minlength=1 << 16)
+        if rank is None:  # the first pass counts every score: no pass of its own for the row count
+            rows = int(counts.sum())
+            if rows == 0:
+                return None
+            rank = rows - 1 - min(int(rows * fraction), rows - 1)  # the threshold's place in ascending order
         below = np.cumsum(counts)
         digit = int(np.searchsorted(below, rank, side="right"))
         rank -= int(below[digit - 1]) if digit else 0

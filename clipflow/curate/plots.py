@@ -27,11 +27,19 @@ def plot_filter_effects(summary: dict, path) -> None:
     plt.close(fig)
 
 
-def plot_score_cut(scores: np.ndarray, keep: np.ndarray, thresholds: dict, path) -> None:
-    """The pool's image-text similarity, kept and removed rows stacked, with each clip_score cut."""
+def plot_score_cut(histogram: dict, thresholds: dict, path) -> None:
+    """The pool's image-text similarity (`histogram`: bin edges, kept and removed rows per bin), kept and removed
+    rows stacked, with each clip_score cut."""
     fig, ax = plt.subplots(figsize=(8, 4))
-    bins = np.linspace(scores.min(), scores.max(), 51) if len(scores) else 50
-    ax.hist([scores[keep], scores[~keep]], bins=bins, stacked=True, color=["tab:green", "tab:gray"])
+    edges = np.asarray(histogram["edges"])
+    centres = [edges[:-1], edges[:-1]]
+    ax.hist(
+        centres,
+        bins=edges,
+        weights=[histogram["kept"], histogram["removed"]],
+        stacked=True,
+        color=["tab:green", "tab:gray"],
+    )
     ax.legend(["kept", "removed"])
     for name, threshold in thresholds.items():
         ax.axvline(threshold, color="tab:red", linestyle="--")

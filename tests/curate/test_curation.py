@@ -14,15 +14,15 @@ import webdataset as wds
 
 from clipflow.config import validate_config
 from clipflow.curate import pool as pool_module
-from clipflow.curate.filters import run_filter
+from clipflow.curate.filters import TABLE_SCHEMA, run_filter
 from clipflow.curate.filters.basic import basic_filter
 from clipflow.curate.filters.clip_score import top_fraction_threshold
 from clipflow.curate.filters.text_based import read_vocabulary, text_based_filter
 from clipflow.errors import ClipflowError
-from clipflow.shards import plan_keys
+from clipflow.shards import ShardReader, plan_keys
 from clipflow.curate.reshard import reshard
 from clipflow.curate.near_duplicates import near_duplicates
-from clipflow.curate.subset import combine, uid_array
+from clipflow.curate.subset import SortedUidWriter, examples, uid_array, write_subset
 from conftest import jpeg, run_snakemake, write_config, write_shard
 
 BASIC = {
@@ -182,37 +182,107 @@ def test_vocabulary_file_takes_comma_separated_synonyms(tmp_path):
 
 
 def test_subset_file_is_sorted_u8_pairs_and_round_trips(tmp_path):
-    uids = pd.Series(
-        ["ffffffffffffffff0000000000000001", "0000000000000001ffffffffffffffff", "00000000000000010000000000000000"]
-    )
-    array = uid_array(uids)
-    assert array.dtype == np.dtype("u8,u8")
-    assert array.tolist() == [(1, 0), (1, 2**64 - 1), (2**64 - 1, 1)]
-    np.save(tmp_path / "subset.npy", array)
+    uids = ["ffffffffffffffff0000000000000001", "0000000000000001FFFFFFFFFFFFFFFF", "00000000000000010000000000000000"]
+    array = uid_array(pa.chunked_array([uids[:1], uids[1:]]))
+    assert array.dtype == np.dtype("u8,u8") and array.tolist() == [(2**64 - 1, 1), (1, 2**64 - 1), (1, 0)]
+    with SortedUidWriter(tmp_path / "subset.npy") as writer:
+        writer.add(array)
     loaded = np.load(tmp_path / "subset.npy")
-    assert loaded.dtype == array.dtype and (loaded == array).all()
+    assert loaded.dtype == array.dtype and loaded.tolist() == [(1, 0), (1, 2**64 - 1), (2**64 - 1, 1)]
     hex_back = [f"{hi:016x}{lo:016x}" for hi, lo in loaded.tolist()]
-    assert sorted(hex_back) == hex_back and set(hex_back) == set(uids)
+    assert sorted(hex_back) == hex_back and set(hex_back) == {uid.lower() for uid in uids}
+
+
+@pytest.mark.parametrize("run_rows, merge_rows", [(1000, 1000), (97, 50), (7, 3), (5000, 1)])
+def test_subset_file_merges_sorted_runs_into_one_order(tmp_path, run_rows, merge_rows):
+    """Uids that arrive in any order, spilled as sorted runs and merged a block of each at a time, come out in
+    DataComp's order: duplicates, shared high halves and runs of one value included."""
+    rng = np.random.default_rng(run_rows)
+    high = rng.choice(np.array([0, 1, 2**63, 2**64 - 1], "u8"), 3000)
+    low = rng.integers(0, 2**64, 3000, dtype="u8")
+    low[:500] = 7  # many equal uids
+    pairs = np.empty(3000, "u8,u8")
+    pairs["f0"], pairs["f1"] = high, low
+    rng.shuffle(pairs)
+    with SortedUidWriter(tmp_path / "uids.npy", run_rows=run_rows, merge_rows=merge_rows) as writer:
+        for part in np.array_split(pairs, 13):
+            writer.add(part)
+    assert np.load(tmp_path / "uids.npy").tolist() == sorted(pairs.tolist())
+    assert not (tmp_path / "uids.npy.runs").exists()
+    with SortedUidWriter(tmp_path / "none.npy", run_rows=run_rows, merge_rows=merge_rows):
+        pass
+    assert np.load(tmp_path / "none.npy").dtype == np.dtype("u8,u8") and len(np.load(tmp_path / "none.npy")) == 0
 
 
 def test_subset_file_refuses_uids_that_are_not_128_bit_hex():
-    with pytest.raises(ClipflowError, match=r"'image-7' \(kept row 1\)"):
-        uid_array(pd.Series(["0" * 32, "image-7"]))
+    with pytest.raises(ClipflowError, match=r"'image-7' \(pool row 11\)"):
+        uid_array(pa.array(["0" * 32, "image-7"]), first_row=10)
+    with pytest.raises(ClipflowError, match=r"None \(pool row 0\)"):
+        uid_array(pa.array([None, "0" * 32]))
+    with pytest.raises(ClipflowError, match="pool row 1"):
+        uid_array(pa.array(["0" * 32, "g" * 32]))
 
 
-def test_combine_counts_each_filter_alone_only_and_in_order():
-    pool = pd.DataFrame({"key": [f"{i:04d}" for i in range(6)]})
-    tables = {
-        "a": pd.DataFrame({"key": pool["key"], "keep": [True, False, False, True, True, True]}),
-        "b": pd.DataFrame({"key": pool["key"], "keep": [True, False, True, False, True, True]}),
+def test_subset_combines_filters_a_row_group_at_a_time(tmp_path):
+    """Rows every filter keeps, what each removes alone, as the only one and in order, the removed rows with their
+    first filter (held-out rows not among them), the score histogram, and examples read from the shards."""
+    keys = plan_keys("00000000", 7)
+    uids = [f"{i:032x}" for i in (5, 3, 9, 1, 0, 2, 8)]
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    pool = pa.table(
+        {"uid": uids, "key": keys, "shard": ["00000000"] * 7, "caption": list("abcdefg"), "clip_score": scores}
+    )
+    pq.write_table(pool, tmp_path / "pool.parquet", row_group_size=3)
+    decisions = {
+        "held_out": [True, True, True, True, True, True, False],
+        "a": [True, False, False, True, True, True, False],
+        "b": [True, False, True, False, True, True, True],
     }
-    keep, summary = combine(pool, tables)
-    assert keep.tolist() == [True, False, False, False, True, True]
-    assert summary["filters"]["a"] == {"removed_alone": 2, "removed_only_by_it": 1, "removed_in_order": 2}
-    assert summary["filters"]["b"] == {"removed_alone": 2, "removed_only_by_it": 1, "removed_in_order": 1}
-    assert (summary["pool"], summary["kept"], summary["removed"]) == (6, 3, 3)
-    with pytest.raises(ClipflowError, match="filter a was computed on another pool"):
-        combine(pool.iloc[:5], tables)
+    tables = {}
+    for name, keep in decisions.items():
+        tables[name] = tmp_path / f"{name}.parquet"
+        detail = [None if k else f"why {name}" for k in keep]
+        pq.write_table(
+            pa.table({"key": keys, "keep": keep, "detail": detail}, TABLE_SCHEMA), tables[name], row_group_size=3
+        )
+    out = {name: tmp_path / f"out.{name}" for name in ("uids", "kept", "removed")}
+    result = write_subset(tmp_path / "pool.parquet", tables, out["uids"], out["kept"], out["removed"])
+    assert (result["pool"], result["kept"], result["removed"]) == (7, 3, 4) and result["kept_by_group"] == [1, 2, 0]
+    assert result["filters"]["a"] == {"removed_alone": 3, "removed_only_by_it": 1, "removed_in_order": 2}
+    assert result["filters"]["b"] == {"removed_alone": 2, "removed_only_by_it": 1, "removed_in_order": 1}
+    assert result["filters"]["held_out"]["removed_in_order"] == 1
+    assert [f"{hi:016x}{lo:016x}" for hi, lo in np.load(out["uids"]).tolist()] == sorted([uids[0], uids[4], uids[5]])
+    assert pq.read_table(out["kept"]).equals(pool.take([0, 4, 5]))
+    removed = pq.read_table(out["removed"]).to_pylist()
+    assert removed == [
+        {"shard": "00000000", "key": keys[row], "filter": name} for row, name in ((1, "a"), (2, "a"), (3, "b"))
+    ]
+    histogram = result["score_histogram"]
+    assert sum(histogram["kept"]) == 3 and sum(histogram["removed"]) == 4
+    assert histogram["edges"][0] == 0.1 and histogram["edges"][-1] == 0.7
+
+    (tmp_path / "shards").mkdir()
+    write_shard(tmp_path / "shards/00000000.tar", [(key, jpeg(seed=i), "x") for i, key in enumerate(keys)])
+    shown = examples(tmp_path / "pool.parquet", tables, result["kept_by_group"], ShardReader(tmp_path / "shards"), 2)
+    assert [title for title, _, _ in shown] == [
+        "kept (0.100)",
+        "kept (0.600)",
+        "removed: a (why a)",
+        "removed: held_out (why held_out)",
+    ]
+    assert shown[0][1] == jpeg(seed=0) and [caption for _, _, caption in shown] == ["a", "f", "b", "g"]
+
+    tables["b"] = tmp_path / "other.parquet"
+    pq.write_table(
+        pa.table({"key": keys[::-1], "keep": [True] * 7, "detail": [None] * 7}, TABLE_SCHEMA),
+        tables["b"],
+        row_group_size=3,
+    )
+    with pytest.raises(ClipflowError, match="filter b was computed on another pool"):
+        write_subset(tmp_path / "pool.parquet", tables, out["uids"], out["kept"], out["removed"])
+    pq.write_table(pa.table({"key": keys[:5], "keep": [True] * 5, "detail": [None] * 5}, TABLE_SCHEMA), tables["b"])
+    with pytest.raises(ClipflowError, match="filter b was computed on another pool"):
+        write_subset(tmp_path / "pool.parquet", tables, out["uids"], out["kept"], out["removed"])
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:

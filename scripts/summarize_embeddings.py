@@ -7,7 +7,7 @@ from clipflow.logs import redirect_to_log
 with redirect_to_log(snakemake.log[0]):
     folder, shards = listed_shards(snakemake.input.chunks)  # the embeddings folder, the pool's shards
     image, text = (embedding_files(folder, shards, kind) for kind in ("image", "text"))
-    summary = summarize_embeddings(listed(snakemake.input.chunks), image, text)
+    summary, similarities = summarize_embeddings(listed(snakemake.input.chunks), image, text)
     files.write_json(snakemake.output.summary, summary)
     plot_throughput(summary, snakemake.output.throughput)
-    plot_similarity(image, text, summary, snakemake.output.similarity)
+    plot_similarity(similarities, summary, snakemake.output.similarity)

@@ -9,6 +9,7 @@ so that none holds the pool (1.28B rows of DataComp-large are ~250 GB in pandas)
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 from clipflow import files
 from clipflow.curate.scores import head_scores, load_heads
 from clipflow.embed.summary import pair_similarities
+from clipflow.errors import ClipflowError
 from clipflow.shards import SIZE_COLUMNS, plan_keys
 
 POOL_ROWS = 100_000  # rows in a row group of the pool and of each filter's table: what a curation job holds
@@ -88,3 +90,38 @@ def pool_batches(path: Path | str, columns: list[str] | None = None):
         rows.index = pd.RangeIndex(start, start + len(rows))
         start += len(rows)
         yield rows
+
+
+def pool_batches_with(path: Path | str, array_paths: list, reader: str, columns: list[str] | None = None):
+    """The pool's row groups (as pool_batches) each with the same rows of the .npy files `array_paths` (one per
+    shard, in pool order, memory-mapped; None when there are none), refusing arrays that do not hold the pool's
+    rows: `reader` names what reads them."""
+    arrays = RowRange([np.load(array, mmap_mode="r") for array in array_paths]) if array_paths else None
+    rows = 0
+    for group in pool_batches(path, columns):
+        if arrays is not None and arrays.rows < rows + len(group):
+            raise ClipflowError(f"{reader}: its arrays hold {arrays.rows} rows, the pool more")
+        yield group, arrays.take(rows, rows + len(group)) if arrays is not None else None
+        rows += len(group)
+    if arrays is not None and arrays.rows != rows:
+        raise ClipflowError(f"{reader}: its arrays hold {arrays.rows} rows, the pool {rows}")
+
+
+class RowRange:
+    """Arrays of consecutive rows (one per shard) read as one: rows [start, end) of their concatenation."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.arrays = arrays
+        self.starts = np.cumsum([0] + [len(array) for array in arrays])
+        self.rows = int(self.starts[-1])
+
+    def take(self, start: int, end: int) -> np.ndarray:
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        parts = []
+        for i in range(max(first, 0), len(self.arrays)):
+            if self.starts[i] >= end:
+                break
+            parts.append(self.arrays[i][max(start - self.starts[i], 0) : end - self.starts[i]])
+        if not parts:
+            return np.asarray(self.arrays[-1][:0])
+        return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])

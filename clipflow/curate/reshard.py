@@ -1,29 +1,78 @@
 """Write a subset's samples into new webdataset shards for training.
 
-Output shard j holds the subset's rows j*S .. (j+1)*S-1 in pool order (input shard, then key), so which
-samples go where is fixed before any copying: shards are written in parallel, each from the one or few
+Output shard j holds the subset's downloaded rows j*S .. (j+1)*S-1 in pool order (input shard, then key), so
+which samples go where is fixed before any copying: shards are written in parallel, each from the one or few
 input shards its rows come from, and a rerun skips those already complete (their stats file, written
 last, holds a digest of their keys and source downloads, so a changed subset rewrites what changed).
+
+The subset's rows are read a row group at a time and the output shards cut as they arrive, a few in flight per
+process, so that the job holds about as many output shards' rows at any subset size.
 """
 
 import hashlib
 import json
 import logging
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from itertools import repeat
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from clipflow import shards
 from clipflow.errors import ClipflowError
 
 log = logging.getLogger(__name__)
+COLUMNS = ["uid", "key", "shard", "url", "caption"]  # what an output shard's parquet holds of a row
 
 
-def output_shards(kept: pd.DataFrame, samples_per_shard: int) -> list[pd.DataFrame]:
-    ordered = kept.sort_values(["shard", "key"], kind="stable").reset_index(drop=True)
-    return [ordered.iloc[i : i + samples_per_shard] for i in range(0, len(ordered), samples_per_shard)]
+def downloaded_rows(kept_path, shards_folder, counts: dict):
+    """The rows of kept.parquet (in pool order) whose download succeeded, an input shard at a time; counts the
+    others in counts["kept_not_downloaded"]: a subset chosen from metadata (embed.precomputed) holds rows whose
+    image could not be fetched. Refuses rows out of pool order, which would move samples between output shards."""
+    last, pending = ([], []), []  # the shard and key of the row before
+    counts["kept_not_downloaded"] = 0
+
+    def checked(rows: pd.DataFrame) -> pd.DataFrame:
+        results = pd.read_parquet(shards.rows_path(shards_folder, rows["shard"].iat[0]), columns=["key", "status"])
+        found = rows[rows["key"].isin(results["key"][results["status"] == "success"])]
+        counts["kept_not_downloaded"] += len(rows) - len(found)
+        return found
+
+    for group in pq.ParquetFile(kept_path).iter_batches(columns=COLUMNS):
+        rows = group.to_pandas()
+        if rows.empty:
+            continue
+        shard, key = (
+            np.concatenate([before, rows[column].to_numpy()]) for before, column in zip(last, ("shard", "key"))
+        )
+        if not ((shard[1:] > shard[:-1]) | ((shard[1:] == shard[:-1]) & (key[1:] >= key[:-1]))).all():
+            raise ClipflowError(f"{kept_path} is not in pool order (by shard, then key): run its curate_subset again")
+        last = [shard[-1]], [key[-1]]
+        for name, part in rows.groupby("shard", sort=False):
+            if pending and pending[0]["shard"].iat[0] != name:
+                yield checked(pd.concat(pending))
+                pending = []
+            pending.append(part)
+    if pending:
+        yield checked(pd.concat(pending))
+
+
+def output_shards(parts, samples_per_shard: int):
+    """Frames of `samples_per_shard` rows (the last may hold fewer) cut from the frames `parts` in order."""
+    pending, held = [], 0
+    for part in parts:
+        pending.append(part)
+        held += len(part)
+        if held >= samples_per_shard:
+            joined = pd.concat(pending, ignore_index=True)
+            for start in range(0, held - samples_per_shard + 1, samples_per_shard):
+                yield joined.iloc[start : start + samples_per_shard]
+            pending = [joined.iloc[start + samples_per_shard :]]
+            held = len(pending[0])
+    if held:
+        yield pd.concat(pending, ignore_index=True)
 
 
 def _rows_digest(rows: pd.DataFrame, shards_folder) -> str:
@@ -62,35 +111,34 @@ def write_shard(rows: pd.DataFrame, shards_folder: Path | str, folder: Path | st
     return number
 
 
-def downloaded_only(kept: pd.DataFrame, shards_folder) -> tuple[pd.DataFrame, int]:
-    """The kept rows whose download succeeded, and how many others there were: a subset chosen from metadata
-    (embed.precomputed) holds rows whose image could not be fetched. One shard parquet at a time."""
-    downloaded = []
-    for shard, rows in kept.groupby("shard", sort=False):
-        results = pd.read_parquet(shards.rows_path(shards_folder, shard), columns=["key", "status"])
-        successes = set(results["key"][results["status"] == "success"])
-        downloaded.append(rows[rows["key"].isin(successes)])
-    found = pd.concat(downloaded) if downloaded else kept.iloc[:0]
-    return found, len(kept) - len(found)
-
-
-def reshard(kept: pd.DataFrame, shards_folder, folder, samples_per_shard: int, processes: int) -> dict:
-    """Reshard `kept` (rows with shard, key) into `folder`; returns a record of what was written."""
+def reshard(kept_path, shards_folder, folder, samples_per_shard: int, processes: int) -> dict:
+    """Reshard the downloaded rows of `kept_path` (a subset's kept.parquet) into `folder`; returns a record of
+    what was written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    planned = output_shards(kept, samples_per_shard)
-    todo = [n for n in range(len(planned)) if not _is_complete(folder, n, planned[n], shards_folder)]
-    for stale in folder.glob("*.tar"):  # left by an earlier, larger subset
-        if int(shards.shard_of(stale)) >= len(planned):
-            shards.remove_shard(folder, shards.shard_of(stale))
-    log.info("resharding %d samples into %d shards, %d to write", len(kept), len(planned), len(todo))
+    counts, written, planned = {}, 0, 0
+    in_flight = deque()  # at most two output shards a process wait their turn, so memory holds that many
     with ProcessPoolExecutor(max(1, processes)) as pool:
-        written = pool.map(write_shard, [planned[n] for n in todo], repeat(shards_folder), repeat(folder), todo)
-        for number in written:
-            log.info("wrote shard %s", shards.shard_name(number))
+        for number, rows in enumerate(
+            output_shards(downloaded_rows(kept_path, shards_folder, counts), samples_per_shard)
+        ):
+            planned, samples = number + 1, counts.get("samples", 0) + len(rows)
+            counts["samples"] = samples
+            if not _is_complete(folder, number, rows, shards_folder):
+                in_flight.append(pool.submit(write_shard, rows, shards_folder, folder, number))
+                written += 1
+            while len(in_flight) > 2 * max(1, processes) or (in_flight and in_flight[0].done()):
+                log.info("wrote shard %s", shards.shard_name(in_flight.popleft().result()))
+        while in_flight:
+            log.info("wrote shard %s", shards.shard_name(in_flight.popleft().result()))
+    for stale in folder.glob("*.tar"):  # left by an earlier, larger subset
+        if int(shards.shard_of(stale)) >= planned:
+            shards.remove_shard(folder, shards.shard_of(stale))
+    log.info("resharded %d samples into %d shards, %d written now", samples, planned, written)
     return {
-        "samples": len(kept),
+        "samples": samples,
         "samples_per_shard": samples_per_shard,
-        "shards": [shards.shard_name(n) for n in range(len(planned))],
-        "written_now": len(todo),
+        "shards": [shards.shard_name(n) for n in range(planned)],
+        "written_now": written,
+        "kept_not_downloaded": counts["kept_not_downloaded"],
     }

@@ -30,20 +30,18 @@ def head_scores(heads: dict, image_path) -> dict[str, np.ndarray]:
     }
 
 
-def rating_embeddings(aesthetic_scores: np.ndarray, image_paths) -> np.ndarray:
+def rating_embeddings(batches) -> np.ndarray:
     """One embedding per rating 0..9: the mean (renormalized) image embedding of the pool's images whose
     aesthetic score rounds to it, as LAION's rating{k}.npy are means over images rated k. A rating no image
-    has takes the nearest rating's embedding."""
-    ratings = np.clip(np.rint(aesthetic_scores), RATINGS.start, RATINGS.stop - 1).astype(np.int64)
-    sums, counts, start = None, np.zeros(len(RATINGS), np.int64), 0
-    for path in image_paths:
-        embeddings = np.load(path, mmap_mode="r").astype(np.float32)
-        part = ratings[start : start + len(embeddings)]
-        start += len(embeddings)
+    has takes the nearest rating's embedding. `batches`: (aesthetic scores, image embeddings) of the same rows,
+    a row group of the pool at a time."""
+    sums, counts = None, np.zeros(len(RATINGS), np.int64)
+    for scores, embeddings in batches:
+        ratings = np.clip(np.rint(scores), RATINGS.start, RATINGS.stop - 1).astype(np.int64)
         if sums is None:
             sums = np.zeros((len(RATINGS), embeddings.shape[1]), np.float64)
-        np.add.at(sums, part, embeddings)
-        counts += np.bincount(part, minlength=len(RATINGS))
+        np.add.at(sums, ratings, embeddings.astype(np.float32))
+        counts += np.bincount(ratings, minlength=len(RATINGS))
     if sums is None or not counts.any():
         raise ValueError("no embedded images to compute the aesthetic embeddings from")
     rated = np.flatnonzero(counts)

@@ -19,19 +19,60 @@ def pair_similarities(image_paths, text_paths) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, np.float32)
 
 
-def summarize_embeddings(info_paths, image_paths, text_paths) -> dict:
+class SimilarityHistogram:
+    """Image-text similarities counted in BINS equal bins over [-1, 1], a shard at a time, so that the summary holds
+    512 KB at any pool size: the mean and extremes exact, quantiles to within a bin (3e-5)."""
+
+    BINS = 1 << 16
+
+    def __init__(self):
+        self.counts = np.zeros(self.BINS, np.int64)
+        self.total, self.sum, self.low, self.high = 0, 0.0, np.inf, -np.inf
+
+    def add(self, similarities: np.ndarray) -> None:
+        if len(similarities):
+            bins = ((np.clip(similarities, -1, 1) + 1) / 2 * self.BINS).astype(np.int64).clip(0, self.BINS - 1)
+            self.counts += np.bincount(bins, minlength=self.BINS)
+            self.total += len(similarities)
+            self.sum += float(similarities.astype(np.float64).sum())
+            self.low, self.high = min(self.low, float(similarities.min())), max(self.high, float(similarities.max()))
+
+    def quantile(self, q: float) -> float:
+        """numpy's (linear) quantile: between the two order statistics around rank q * (n - 1), each placed within
+        its bin as if the bin's values were spread evenly, so within a bin of the exact one."""
+        rank = q * (self.total - 1)
+        below, above = self._order_statistic(int(rank)), self._order_statistic(min(int(rank) + 1, self.total - 1))
+        return float(np.clip(below + (rank - int(rank)) * (above - below), self.low, self.high))
+
+    def _order_statistic(self, rank: int) -> float:
+        ends = np.cumsum(self.counts)
+        found = int(np.searchsorted(ends, rank, "right"))
+        inside = (rank - (ends[found - 1] if found else 0) + 0.5) / self.counts[found]
+        return -1 + 2 * (found + inside) / self.BINS
+
+    def summary(self) -> dict:
+        if not self.total:
+            return {"mean": None, "quantiles": {}}
+        return {"mean": self.sum / self.total, "quantiles": {q: self.quantile(q) for q in (0.05, 0.5, 0.95)}}
+
+    def binned(self, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
+        """Counts in `bins` bins over the similarities' range, and their edges, for a plot."""
+        centres = -1 + (np.arange(self.BINS) + 0.5) * 2 / self.BINS
+        edges = np.linspace(self.low, self.high, bins + 1) if self.total else np.linspace(-1, 1, bins + 1)
+        return np.histogram(np.clip(centres, edges[0], edges[-1]), edges, weights=self.counts)[0], edges
+
+
+def summarize_embeddings(info_paths, image_paths, text_paths) -> tuple[dict, SimilarityHistogram]:
+    """The embedding jobs' summary, and the similarity of each row's image and text, read a shard at a time."""
     infos = [json.loads(Path(p).read_text()) for p in info_paths]
-    similarities = pair_similarities(image_paths, text_paths)
-    return {
+    similarities = SimilarityHistogram()
+    for image, text in zip(image_paths, text_paths):
+        similarities.add(pair_similarities([image], [text]))
+    summary = {
         "provenance": infos[0]["provenance"] if infos else None,
         "embedded": sum(i["embedded"] for i in infos),
         "decode_failed": sum(i["decode_failed"] for i in infos),
-        "image_text_similarity": {
-            "mean": float(similarities.mean()) if len(similarities) else None,
-            "quantiles": (
-                {q: float(np.quantile(similarities, q)) for q in (0.05, 0.5, 0.95)} if len(similarities) else {}
-            ),
-        },
+        "image_text_similarity": similarities.summary(),
         "jobs": [
             {
                 "chunk": i["shards"][0],
@@ -45,6 +86,7 @@ def summarize_embeddings(info_paths, image_paths, text_paths) -> dict:
             for i in infos
         ],
     }
+    return summary, similarities
 
 
 def _model_title(summary: dict) -> str:
@@ -66,13 +108,13 @@ def plot_throughput(summary: dict, path) -> None:
     plt.close(fig)
 
 
-def plot_similarity(image_paths, text_paths, summary: dict, path) -> None:
-    similarities = pair_similarities(image_paths, text_paths)
+def plot_similarity(similarities: SimilarityHistogram, summary: dict, path) -> None:
+    counts, edges = similarities.binned()
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.hist(similarities, bins=50, color="tab:purple")
+    ax.hist(edges[:-1], bins=edges, weights=counts, color="tab:purple")
     ax.set_xlabel("cosine similarity of image and caption embeddings")
     ax.set_ylabel("samples")
-    ax.set_title(f"{len(similarities):,} samples: {_model_title(summary)}")
+    ax.set_title(f"{similarities.total:,} samples: {_model_title(summary)}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -333,20 +333,29 @@ def read_shards(folder) -> list[dict]:
     return list(wds.WebDataset(tars, shardshuffle=False).decode("rgb8"))
 
 
+def write_kept(path, rows: pd.DataFrame):
+    """A subset's kept.parquet: pool rows in pool order, in row groups of 4."""
+    rows.assign(url="http://x/")[["uid", "key", "shard", "url", "caption"]].to_parquet(path, row_group_size=4)
+    return path
+
+
 def test_reshard_writes_exactly_the_subset_and_resumes(tmp_path):
     rows = write_shards(tmp_path / "in", shards=3, per_shard=10)
-    kept = rows.iloc[::2].sample(frac=1, random_state=0)  # 15 rows, out of order
+    gone = pd.DataFrame([{"shard": "00000001", "key": "000000019999", "uid": "u-gone", "caption": "not downloaded"}])
+    kept = write_kept(tmp_path / "kept.parquet", pd.concat([rows.iloc[::2], gone]).sort_values(["shard", "key"]))
     out = tmp_path / "out"
     record = reshard(kept, tmp_path / "in", out, samples_per_shard=4, processes=2)
     assert record["shards"] == ["00000000", "00000001", "00000002", "00000003"] and record["written_now"] == 4
+    assert (record["samples"], record["kept_not_downloaded"]) == (15, 1)
 
     samples = read_shards(out)
-    assert [s["__key__"] for s in samples] == sorted(kept["key"])
-    assert [s["json"]["uid"] for s in samples] == list(kept.sort_values("key")["uid"])
+    expected = rows.iloc[::2]
+    assert [s["__key__"] for s in samples] == list(expected["key"])
+    assert [s["json"]["uid"] for s in samples] == list(expected["uid"])
     assert all(s["txt"] == s["json"]["caption"] and s["jpg"].shape == (30, 40, 3) for s in samples)
     stats = [json.loads((out / f"{n:08d}_stats.json").read_text()) for n in range(4)]
     assert [s["successes"] for s in stats] == [4, 4, 4, 3]
-    assert pd.read_parquet(out / "00000003.parquet")["key"].tolist() == sorted(kept["key"])[12:]
+    assert pd.read_parquet(out / "00000003.parquet")["key"].tolist() == list(expected["key"])[12:]
 
     assert reshard(kept, tmp_path / "in", out, 4, 2)["written_now"] == 0  # complete: nothing to do
     (out / "00000001_stats.json").unlink()  # as if interrupted while writing shard 1
@@ -354,16 +363,23 @@ def test_reshard_writes_exactly_the_subset_and_resumes(tmp_path):
     assert reshard(kept, tmp_path / "in", out, 4, 2)["written_now"] == 1
     assert (out / "00000002.tar").stat().st_mtime_ns == before
 
-    smaller = kept.iloc[:6]  # the subset changed: changed shards are rewritten, extra ones removed
+    smaller = write_kept(tmp_path / "smaller.parquet", expected.iloc[:6])  # changed shards rewritten, extra removed
     assert reshard(smaller, tmp_path / "in", out, 4, 2)["shards"] == ["00000000", "00000001"]
-    assert [s["__key__"] for s in read_shards(out)] == sorted(smaller["key"])
+    assert [s["__key__"] for s in read_shards(out)] == list(expected["key"][:6])
+
+    shuffled = write_kept(tmp_path / "shuffled.parquet", expected.sample(frac=1, random_state=0))
+    with pytest.raises(ClipflowError, match="shuffled.parquet is not in pool order"):
+        reshard(shuffled, tmp_path / "in", out, 4, 2)
 
 
 def test_reshard_names_a_sample_missing_from_its_shard(tmp_path):
     rows = write_shards(tmp_path / "in", shards=1, per_shard=3)
-    rows.loc[1, "key"] = "000000009999"
+    results = pd.read_parquet(tmp_path / "in/00000000.parquet")
+    results.loc[1, "key"] = rows.loc[1, "key"] = "000000009999"  # a success that the tar lacks
+    results.to_parquet(tmp_path / "in/00000000.parquet")
+    kept = write_kept(tmp_path / "kept.parquet", rows.sort_values("key"))
     with pytest.raises(ClipflowError, match="sample 000000009999 is missing from shard 00000000.tar"):
-        reshard(rows, tmp_path / "in", tmp_path / "out", samples_per_shard=10, processes=1)
+        reshard(kept, tmp_path / "in", tmp_path / "out", samples_per_shard=10, processes=1)
 
 
 # (path on the test server, caption, kept by basic, kept by text_based, near-duplicate of row)

@@ -13,6 +13,7 @@ from PIL import Image
 from clipflow.embed import shard_outputs
 from clipflow.embed.embedder import embed_chunk
 from clipflow.embed.model import encode_text_to_end_token, fetch_model, load_model
+from clipflow.embed.summary import SimilarityHistogram, pair_similarities, summarize_embeddings
 from clipflow.errors import ClipflowError
 from conftest import jpeg, write_shard
 
@@ -117,3 +118,25 @@ def test_undecodable_images_are_dropped_and_counted_without_misalignment(tmp_pat
     assert np.allclose(np.load(first["image"]).astype(np.float32), model.encode_images(pil).numpy(), atol=3e-3)
     # a shard whose samples all failed still gets its (empty) files, so every shard pairs with its tar
     assert np.load(empty["image"]).shape == (0, 384) and len(pd.read_parquet(empty["metadata"])) == 0
+
+
+def test_similarity_summary_is_counted_a_shard_at_a_time(tmp_path):
+    """The mean exact, quantiles within a bin of numpy's, from per-shard files of any size (one empty)."""
+    rng = np.random.default_rng(0)
+    paths = {"image": [], "text": []}
+    for shard, rows in enumerate((500, 0, 1234, 77)):
+        shared = rng.standard_normal((rows, 32))
+        for kind in paths:
+            vectors = shared + 1.5 * rng.standard_normal((rows, 32))
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+            paths[kind].append(tmp_path / f"{shard}.{kind}.npy")
+            np.save(paths[kind][-1], vectors.astype(np.float16))
+    summary, histogram = summarize_embeddings([], paths["image"], paths["text"])
+    exact = pair_similarities(paths["image"], paths["text"]).astype(np.float64)
+    assert histogram.total == len(exact) == 1811
+    assert summary["image_text_similarity"]["mean"] == pytest.approx(exact.mean(), abs=1e-9)
+    for q, value in summary["image_text_similarity"]["quantiles"].items():
+        assert abs(value - np.quantile(exact, q)) <= 2 / SimilarityHistogram.BINS
+    counts, edges = histogram.binned()
+    assert counts.sum() == len(exact) and (edges[0], edges[-1]) == (exact.min(), exact.max())
+    assert SimilarityHistogram().summary() == {"mean": None, "quantiles": {}}

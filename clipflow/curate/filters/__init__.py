@@ -3,13 +3,11 @@
 import importlib
 import pkgutil
 
-import numpy as np
 import pyarrow as pa
 
 from clipflow import files
 from clipflow.curate.filters.base import Filter
-from clipflow.curate.pool import POOL_ROWS, pool_batches
-from clipflow.errors import ClipflowError
+from clipflow.curate.pool import POOL_ROWS, pool_batches_with
 
 # A filter's table: each pool row's key, whether the filter keeps it, and why not (or what a kept row matched).
 TABLE_SCHEMA = pa.schema([("key", pa.string()), ("keep", pa.bool_()), ("detail", pa.string())])
@@ -56,13 +54,9 @@ def run_filter(options: dict, pool, array_paths: list, table_path) -> dict:
     embeddings, in pool order, or its own jobs' result), memory-mapped."""
     chosen = make_filter(options)
     resolved = chosen.resolve(pool)
-    arrays = RowRange([np.load(path, mmap_mode="r") for path in array_paths]) if array_paths else None
     rows, kept, counts = 0, 0, {}
     with files.RowGroupWriter(table_path, TABLE_SCHEMA, POOL_ROWS) as writer:
-        for group in pool_batches(pool):
-            if arrays is not None and arrays.rows < rows + len(group):
-                raise ClipflowError(f"filter {options['kind']}: its arrays hold {arrays.rows} rows, the pool more")
-            embeddings = arrays.take(rows, rows + len(group)) if arrays is not None else None
+        for group, embeddings in pool_batches_with(pool, array_paths, f"filter {options['kind']}"):
             decision = chosen.decide(group, embeddings, resolved)
             detail = decision.detail if decision.detail is not None else [None] * len(group)
             writer.write(pa.table({"key": group["key"], "keep": decision.keep, "detail": detail}, TABLE_SCHEMA))
@@ -70,26 +64,4 @@ def run_filter(options: dict, pool, array_paths: list, table_path) -> dict:
             for name, values in decision.counts.items():
                 for value, count in values.items():
                     counts.setdefault(name, {})[value] = counts.get(name, {}).get(value, 0) + count
-    if arrays is not None and arrays.rows != rows:
-        raise ClipflowError(f"filter {options['kind']}: its arrays hold {arrays.rows} rows, the pool {rows}")
     return {"options": options, **resolved, **counts, "rows": rows, "kept": kept, "removed": rows - kept}
-
-
-class RowRange:
-    """Arrays of consecutive rows (one per shard) read as one: rows [start, end) of their concatenation."""
-
-    def __init__(self, arrays: list[np.ndarray]):
-        self.arrays = arrays
-        self.starts = np.cumsum([0] + [len(array) for array in arrays])
-        self.rows = int(self.starts[-1])
-
-    def take(self, start: int, end: int) -> np.ndarray:
-        first = int(np.searchsorted(self.starts, start, side="right")) - 1
-        parts = []
-        for i in range(max(first, 0), len(self.arrays)):
-            if self.starts[i] >= end:
-                break
-            parts.append(self.arrays[i][max(start - self.starts[i], 0) : end - self.starts[i]])
-        if not parts:
-            return np.asarray(self.arrays[-1][:0])
-        return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])

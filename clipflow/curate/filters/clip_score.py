@@ -52,16 +52,14 @@ def _from_ordered_bits(key: np.uint64) -> np.float64:
 
 def score_values(rows: pd.DataFrame, column: str) -> np.ndarray:
     """The `column` of pool rows (indexed by their row numbers) as numbers; a non-numeric column, or a row without a
-    value, is an error naming it."""
+    value, is an error naming it (and the row's uid, where `rows` holds them)."""
     values = rows[column]
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         raise ClipflowError(f"clip_score filter: column {column!r} holds {values.dtype}, not numbers")
     if values.isna().any():
         row = int(np.flatnonzero(values.isna().to_numpy())[0])
-        raise ClipflowError(
-            f"clip_score filter: column {column!r} has no value in pool row {rows.index[row]} "
-            f"(uid {rows['uid'].iat[row]})"
-        )
+        uid = f" (uid {rows['uid'].iat[row]})" if "uid" in rows else ""
+        raise ClipflowError(f"clip_score filter: column {column!r} has no value in pool row {rows.index[row]}{uid}")
     return values.to_numpy(dtype=np.float64)
 
 
@@ -102,7 +100,7 @@ class ClipScore(Filter):
         if fraction is not None:
 
             def batches():
-                return (score_values(rows, column) for rows in pool_batches(pool, [column, "uid"]))
+                return (score_values(rows, column) for rows in pool_batches(pool, [column]))
 
             threshold = top_fraction_threshold(batches, fraction)
         return {"threshold": threshold}

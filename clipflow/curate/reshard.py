@@ -116,14 +116,13 @@ def reshard(kept_path, shards_folder, folder, samples_per_shard: int, processes:
     what was written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    counts, written, planned = {}, 0, 0
+    counts, samples, written, planned = {}, 0, 0, 0
     in_flight = deque()  # at most two output shards a process wait their turn, so memory holds that many
     with ProcessPoolExecutor(max(1, processes)) as pool:
         for number, rows in enumerate(
             output_shards(downloaded_rows(kept_path, shards_folder, counts), samples_per_shard)
         ):
-            planned, samples = number + 1, counts.get("samples", 0) + len(rows)
-            counts["samples"] = samples
+            planned, samples = number + 1, samples + len(rows)
             if not _is_complete(folder, number, rows, shards_folder):
                 in_flight.append(pool.submit(write_shard, rows, shards_folder, folder, number))
                 written += 1

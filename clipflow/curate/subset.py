@@ -40,6 +40,7 @@ def uid_array(uids: pa.Array | pa.ChunkedArray, first_row: int = 0) -> np.ndarra
     """`uids` (128-bit hex strings) as DataComp's (high, low) uint64 pairs, unsorted; a uid that is not one names its
     row, counted from `first_row`."""
     uids = uids.combine_chunks() if isinstance(uids, pa.ChunkedArray) else uids
+    uids = uids if uids.type == pa.string() else uids.cast(pa.string())  # the offsets below are int32
     valid = pc.fill_null(pc.match_substring_regex(uids, UID_PATTERN), False)
     if len(uids) and not pc.all(valid).as_py():
         row = int(np.flatnonzero(~valid.to_numpy(zero_copy_only=False))[0])

@@ -221,6 +221,9 @@ def test_subset_file_refuses_uids_that_are_not_128_bit_hex():
         uid_array(pa.array([None, "0" * 32]))
     with pytest.raises(ClipflowError, match="pool row 1"):
         uid_array(pa.array(["0" * 32, "g" * 32]))
+    with pytest.raises(ClipflowError, match=r"'7' \(pool row 0\)"):
+        uid_array(pa.array([7]))
+    assert uid_array(pa.array(["f" * 32], pa.large_string())).tolist() == [(2**64 - 1, 2**64 - 1)]
 
 
 def test_subset_combines_filters_a_row_group_at_a_time(tmp_path):
@@ -366,6 +369,15 @@ def test_reshard_writes_exactly_the_subset_and_resumes(tmp_path):
     smaller = write_kept(tmp_path / "smaller.parquet", expected.iloc[:6])  # changed shards rewritten, extra removed
     assert reshard(smaller, tmp_path / "in", out, 4, 2)["shards"] == ["00000000", "00000001"]
     assert [s["__key__"] for s in read_shards(out)] == list(expected["key"][:6])
+    empty = write_kept(tmp_path / "empty.parquet", expected.iloc[:0])
+    assert reshard(empty, tmp_path / "in", out, 4, 2) == {
+        "samples": 0,
+        "samples_per_shard": 4,
+        "shards": [],
+        "written_now": 0,
+        "kept_not_downloaded": 0,
+    }
+    assert not list(out.glob("*.tar"))
 
     shuffled = write_kept(tmp_path / "shuffled.parquet", expected.sample(frac=1, random_state=0))
     with pytest.raises(ClipflowError, match="shuffled.parquet is not in pool order"):

@@ -1,26 +1,28 @@
 from pathlib import Path
 
-import pandas as pd
 import pyarrow.parquet as pq
 
 from clipflow import files
 from clipflow.errors import ClipflowError
-from clipflow.evaluate.holdout import choose, write_retrieval_dataset
+from clipflow.evaluate.holdout import slice_samples, write_retrieval_dataset
 from clipflow.logs import redirect_to_log
 from clipflow.shards import ShardReader, listed_folder
 
 BATCH = 1_000_000
 
-# The pool and its held-out table side by side, a batch at a time: only the held-out rows stay in memory.
-with redirect_to_log(snakemake.log[0]):
+
+def held_batches():
+    """The pool and its held-out table side by side, a batch at a time."""
     pool = pq.ParquetFile(snakemake.input.pool).iter_batches(BATCH, columns=["uid", "key", "shard", "caption"])
     keep = pq.ParquetFile(snakemake.input.held_out).iter_batches(BATCH, columns=["keep"])
-    held = pd.concat(
-        [rows.to_pandas()[~flags.column("keep").to_numpy(zero_copy_only=False)] for rows, flags in zip(pool, keep)]
-    )
+    for rows, flags in zip(pool, keep, strict=True):
+        yield rows.to_pandas(), ~flags.column("keep").to_numpy(zero_copy_only=False)
+
+
+with redirect_to_log(snakemake.log[0]):
     reader = ShardReader(listed_folder(snakemake.input.batches))
-    samples = choose(held, reader, snakemake.params.max_samples)
-    print(f"{len(held)} rows held out, {len(samples)} with an image in the evaluation's slice")
+    samples, held = slice_samples(held_batches, reader, snakemake.params.max_samples)
+    print(f"{held} rows held out, {len(samples)} with an image in the evaluation's slice")
     if len(samples) < 2:
         raise ClipflowError(
             f"the held-out slice has {len(samples)} downloaded images: retrieval needs 2 or more (raise "

@@ -21,6 +21,33 @@ def held_out(uids: pd.Series, fraction: float) -> np.ndarray:
     return uid_hashes(uids) < np.uint64(int(fraction * 2**64))
 
 
+def lowest_hash_rows(batches, count: int) -> tuple[pd.DataFrame, int]:
+    """Of `batches` (pool rows and, per row, whether it is held out), the `count` held-out rows of lowest uid hash
+    in hash order (ties in pool order), and how many rows are held out: at most 2 x `count` rows in memory."""
+    lowest, held = None, 0
+    for rows, flags in batches:
+        rows = rows[flags]
+        held += len(rows)
+        rows = rows.assign(hash=uid_hashes(rows["uid"]))
+        joined = rows if lowest is None else pd.concat([lowest, rows], ignore_index=True)
+        lowest = joined.sort_values("hash", kind="stable").head(count).reset_index(drop=True)
+    return (lowest if lowest is not None else pd.DataFrame(columns=["uid", "hash"])), held
+
+
+def slice_samples(batches, reader, max_samples: int) -> tuple[pd.DataFrame, int]:
+    """The evaluation's slice: up to `max_samples` held-out rows of lowest uid hash that have an image (as choose
+    gives from every held-out row), and how many rows are held out. `batches()` reads the pool's (rows, held)
+    batches anew: the job keeps twice the rows it needs, and reads again for four times as many where too few
+    of them have an image."""
+    candidates = 2 * max_samples
+    while True:
+        lowest, held = lowest_hash_rows(batches(), candidates)
+        samples = choose(lowest.drop(columns="hash"), reader, max_samples)
+        if len(samples) == max_samples or len(lowest) < candidates:
+            return samples, held
+        candidates *= 4
+
+
 def choose(rows: pd.DataFrame, reader, max_samples: int) -> pd.DataFrame:
     """Up to `max_samples` of the held-out `rows` that have an image, lowest hash first (the same rows for every
     model), with their JPEGs in column `jpg`."""

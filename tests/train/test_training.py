@@ -18,10 +18,11 @@ import torch
 from clipflow.config import validate_config
 from clipflow.errors import ClipflowError
 from clipflow.evaluate.benchmark import HOLDOUT_TASK, holdout_task, run_task
-from clipflow.evaluate.holdout import HELD_OUT, held_out
+from clipflow.evaluate.holdout import HELD_OUT, choose, held_out, lowest_hash_rows, slice_samples, uid_hashes
+from clipflow.shards import ShardReader
 from clipflow.train.hyperparameters import hyperparameters
 from clipflow.train.run import open_clip_args
-from conftest import REPO, free_port, run_snakemake, small_run_config, write_config
+from conftest import REPO, free_port, jpeg, run_snakemake, small_run_config, write_config, write_shard
 
 SUBSET = "everything"  # what this module trains on: every row but the held-out ones
 
@@ -74,6 +75,46 @@ def test_the_held_out_slice_keeps_its_rows_as_the_pool_grows():
     grown = held_out(uids, 0.1)
     assert (grown[:10_000] == first).all()
     assert 0.09 < grown.mean() < 0.11
+
+
+def test_the_slice_is_chosen_from_the_lowest_hashes_a_batch_at_a_time():
+    """The held-out rows of lowest uid hash, found batch by batch holding `count` of them, are those that sorting
+    every held-out row by hash gives first, in the same order (a repeated uid's rows in pool order)."""
+    rng = np.random.default_rng(0)
+    uids = pd.Series([f"{number:032x}" for number in rng.integers(0, 2**62, 5000)])
+    uids[4000:4010] = uids[100]  # ties
+    pool = pd.DataFrame({"uid": uids, "key": [f"{i:09d}" for i in range(len(uids))]})
+    flags = held_out(pool["uid"], 0.3)
+    ends = [0, 1, 700, 701, 2500, 5000]  # an empty batch and a batch of one among them
+    batches = [(pool.iloc[a:b], flags[a:b]) for a, b in zip(ends, ends[1:])]
+    expected = pool[flags].assign(hash=uid_hashes(pool["uid"][flags])).sort_values("hash", kind="stable")
+    for count in (1, 10, 200, 10_000):
+        lowest, held = lowest_hash_rows(iter(batches), count)
+        assert held == flags.sum() and lowest["key"].tolist() == expected["key"].tolist()[:count]
+    lowest, held = lowest_hash_rows(iter([]), 10)
+    assert held == 0 and lowest.empty
+
+
+def test_the_slice_reads_the_pool_again_where_its_lowest_hashes_have_no_image(tmp_path):
+    """Only the held-out rows of highest hash have an image: the slice reads on until it finds them, and is what
+    choosing from every held-out row gives."""
+    keys = [f"00000000{i:04d}" for i in range(60)]
+    pool = pd.DataFrame({"uid": [f"{i:032x}" for i in range(60)], "key": keys, "shard": "00000000", "caption": "x"})
+    flags = held_out(pool["uid"], 0.5)
+    by_hash = pool[flags].assign(hash=uid_hashes(pool["uid"][flags])).sort_values("hash")
+    with_image = by_hash["key"].tolist()[-3:]
+    (tmp_path / "shards").mkdir()
+    write_shard(tmp_path / "shards/00000000.tar", [(key, jpeg(seed=i), "x") for i, key in enumerate(with_image)])
+    reader = ShardReader(tmp_path / "shards")
+    reads = []
+
+    def batches():
+        reads.append(1)
+        return iter([(pool.iloc[:25], flags[:25]), (pool.iloc[25:], flags[25:])])
+
+    samples, held = slice_samples(batches, reader, 2)
+    assert held == flags.sum() and samples["key"].tolist() == with_image[:2] and len(reads) > 1
+    assert samples["key"].tolist() == choose(pool[flags], reader, 2)["key"].tolist()
 
 
 def write_color_benchmark(folder: Path) -> None:

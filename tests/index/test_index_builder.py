@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from clipflow.index.builder import build_index
+from clipflow.index.builder import build_index, fitted_nprobe, with_nprobe
 
 
 def random_unit_vectors(count, dim, seed):
@@ -40,6 +40,38 @@ def test_approximate_index_recall_against_brute_force(tmp_path):
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
     assert recall > 0.8, (infos["index_key"], recall)
+
+
+def test_tuning_lowers_nprobe_until_the_p99_fits_the_budget(tmp_path):
+    """A budget no search can meet takes nprobe down to 1; the same vectors under a generous budget keep more."""
+    paths = []
+    for i in range(3):
+        np.save(tmp_path / f"{i}.npy", random_unit_vectors(3_000, 64, i).astype(np.float16))
+        paths.append(tmp_path / f"{i}.npy")
+    tight = build_index(
+        paths, tmp_path / "a.index", tmp_path / "a.json", {**INDEX_OPTIONS, "max_index_query_time_ms": 1e-6}
+    )
+    loose = build_index(paths, tmp_path / "b.index", tmp_path / "b.json", INDEX_OPTIONS)
+    assert tight["index_param"] == "nprobe=1" and tight["index_key"] == loose["index_key"]
+    assert int(loose["index_param"].removeprefix("nprobe=")) > 1
+
+
+def test_fitted_nprobe_steps_down_in_proportion_to_the_overshoot():
+    measured = []
+
+    def p99_ms(nprobe):  # a query's time: fixed costs plus a cost per list probed
+        measured.append(nprobe)
+        return 0.5 + 0.1 * nprobe
+
+    assert fitted_nprobe(100, p99_ms, 5.0) == 45 and measured == [100, 45]  # 10.5 ms: 100 x 0.95 x 5 / 10.5
+    assert fitted_nprobe(30, p99_ms, 5.0) == 30  # already within the budget
+    assert fitted_nprobe(100, p99_ms, 0.1) == 1  # nothing fits: the fewest lists
+
+
+def test_with_nprobe_rewrites_each_kind_of_autofaiss_parameters():
+    assert with_nprobe("nprobe=98", 12) == "nprobe=12"
+    assert with_nprobe("nprobe=300,ht=2048", 12) == "nprobe=12,ht=2048"
+    assert with_nprobe("nprobe=300,efSearch=600,ht=2048", 12) == "nprobe=12,efSearch=24,ht=2048"
 
 
 def test_exact_index_below_threshold(tmp_path):

@@ -158,12 +158,13 @@ def merge_parts(
     compact.this.disown()
     index.ntotal = ivf.ntotal = total
     without_read_ahead(index)  # tuned as ClipIndex searches it
-    params = "" if trained_infos["exact"] else _tuned_params(index, trained_infos["index_key"], options)
+    params, p99 = ("", None) if trained_infos["exact"] else _tuned_params(index, trained_infos["index_key"], options)
     with files.replacing(index_path) as tmp:
         faiss.write_index(index, str(tmp))
     infos = {
         **trained_infos,
         "index_param": params,
+        "tuned_p99_ms": p99,
         "size": total,
         "parts": len(part_paths),
         "merge_seconds": time.perf_counter() - started,
@@ -185,22 +186,24 @@ def without_read_ahead(index: faiss.Index) -> None:
         lists.prefetch_nthread = 0
 
 
-def _tuned_params(index: faiss.Index, key: str, options: dict) -> str:
+def _tuned_params(index: faiss.Index, key: str, options: dict) -> tuple[str, float]:
     """autofaiss's search parameters for a mean query time of `max_index_query_time_ms`, with nprobe then lowered
     until one query in a hundred fits that budget too: a mean at the budget leaves the slowest queries above it."""
     from autofaiss.external.optimize import get_optimal_hyperparameters
 
     budget = options["max_index_query_time_ms"]
     params = get_optimal_hyperparameters(index, key, max_speed_ms=budget)
+    log.info("autofaiss tuned %s to %s for a mean of %s ms", key, params, budget)
     queries = index.reconstruct_n(0, min(index.ntotal, P99_QUERIES))
 
     def p99_ms(nprobe: int) -> float:
         faiss.ParameterSpace().set_index_parameters(index, with_nprobe(params, nprobe))
         return one_query_p99_ms(index, queries)
 
-    params = with_nprobe(params, fitted_nprobe(int(re.search(r"nprobe=(\d+)", params)[1]), p99_ms, budget))
+    nprobe, p99 = fitted_nprobe(int(re.search(r"nprobe=(\d+)", params)[1]), p99_ms, budget)
+    params = with_nprobe(params, nprobe)
     faiss.ParameterSpace().set_index_parameters(index, params)
-    return params
+    return params, p99
 
 
 def with_nprobe(params: str, nprobe: int) -> str:
@@ -222,15 +225,15 @@ def one_query_p99_ms(index: faiss.Index, queries: np.ndarray) -> float:
     return float(np.percentile(latencies, 99) * 1000)
 
 
-def fitted_nprobe(nprobe: int, p99_ms, budget_ms: float) -> int:
-    """The nprobe, lowered from `nprobe` until `p99_ms(nprobe)` fits the budget (1 at least): each step in
-    proportion to the overshoot, with a margin, since a query's time grows about linearly with the lists probed."""
-    while nprobe > 1:
+def fitted_nprobe(nprobe: int, p99_ms, budget_ms: float) -> tuple[int, float]:
+    """The nprobe, lowered from `nprobe` until `p99_ms(nprobe)` fits the budget (1 at least), and its p99: each
+    step in proportion to the overshoot, with a margin, since a query's time grows about linearly with the lists
+    probed."""
+    while True:
         p99 = p99_ms(nprobe)
-        if p99 <= budget_ms:
-            break
+        if p99 <= budget_ms or nprobe == 1:
+            return nprobe, p99
         nprobe = max(1, min(nprobe - 1, int(nprobe * 0.95 * budget_ms / p99)))
-    return nprobe
 
 
 def build_index(paths: list, index_path: Path | str, infos_path: Path | str, options: dict) -> dict:

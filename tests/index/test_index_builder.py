@@ -52,7 +52,8 @@ def test_tuning_lowers_nprobe_until_the_p99_fits_the_budget(tmp_path):
         paths, tmp_path / "a.index", tmp_path / "a.json", {**INDEX_OPTIONS, "max_index_query_time_ms": 1e-6}
     )
     loose = build_index(paths, tmp_path / "b.index", tmp_path / "b.json", INDEX_OPTIONS)
-    assert tight["index_param"] == "nprobe=1" and tight["index_key"] == loose["index_key"]
+    assert tight["index_param"] == "nprobe=1" and tight["index_key"] == loose["index_key"] and tight["tuned_p99_ms"] > 0
+    assert loose["tuned_p99_ms"] <= 10
     assert int(loose["index_param"].removeprefix("nprobe=")) > 1
 
 
@@ -63,9 +64,9 @@ def test_fitted_nprobe_steps_down_in_proportion_to_the_overshoot():
         measured.append(nprobe)
         return 0.5 + 0.1 * nprobe
 
-    assert fitted_nprobe(100, p99_ms, 5.0) == 45 and measured == [100, 45]  # 10.5 ms: 100 x 0.95 x 5 / 10.5
-    assert fitted_nprobe(30, p99_ms, 5.0) == 30  # already within the budget
-    assert fitted_nprobe(100, p99_ms, 0.1) == 1  # nothing fits: the fewest lists
+    assert fitted_nprobe(100, p99_ms, 5.0) == (45, 5.0) and measured == [100, 45]  # 100 x 0.95 x 5 / 10.5 ms
+    assert fitted_nprobe(30, p99_ms, 5.0) == (30, 3.5)  # already within the budget
+    assert fitted_nprobe(100, p99_ms, 0.1) == (1, 0.6)  # nothing fits: the fewest lists
 
 
 def test_with_nprobe_rewrites_each_kind_of_autofaiss_parameters():

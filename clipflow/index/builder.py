@@ -26,7 +26,7 @@ import numpy as np
 
 from clipflow import files
 from clipflow.errors import ClipflowError
-from clipflow.index.vectors import StoredVectors, row_counts
+from clipflow.index.vectors import RERANK_FACTOR, StoredVectors, row_counts
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ EXACT_KEY = "IVF1,Flat"  # one list scanned whole: exact inner products, stored 
 SAMPLE_SEED = 0
 ADD_BLOCK = 65_536  # rows converted to float32 at a time while adding
 P99_QUERIES = 1000  # stored vectors searched one at a time to measure the tuned p99
-TUNING_K = 40  # results a tuning query asks for: autofaiss's, and the default search's (k 10 x rerank factor 4)
+TUNING_K = 10 * RERANK_FACTOR  # a tuning query's results: the query CLI's k 10, re-ranked (autofaiss's 40 too)
 
 
 def vector_count(paths) -> int:
@@ -213,7 +213,7 @@ def with_nprobe(params: str, nprobe: int) -> str:
 
 
 def one_query_p99_ms(index: faiss.Index, queries: np.ndarray) -> float:
-    """The 99th percentile of one query's search time, one thread, `TUNING_K` results (k 10 at rerank factor 4)."""
+    """The 99th percentile of one query's search time, one thread, `TUNING_K` results."""
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # as the service searches
     latencies = []

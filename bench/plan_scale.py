@@ -96,7 +96,7 @@ def main() -> None:
             "input": {"paths": paths, "format": "auto", "url_col": "url", "caption_col": "text", "uid_col": "uid"},
             "plan": {"samples_per_shard": args.samples_per_shard},
         }
-        config["input"].update(keep_cols=[], metadata_cols=["original_width", "original_height"])
+        config["input"].update(keep_cols=[], metadata_cols=["original_width", "original_height"], verbatim=False)
         for processes in args.processes:
             config["plan"]["processes"] = processes
             shutil.rmtree(tmp / "plan", ignore_errors=True)

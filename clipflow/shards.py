@@ -24,6 +24,7 @@ SUFFIXES = (".tar", ".parquet", "_stats.json")  # the stats file last: it marks 
 SIZE_COLUMNS = ("original_width", "original_height")  # the image's size before resizing, per row
 SAMPLE_FIELDS = ("uid", "url", "caption", "key")
 FILTERED = "filtered"  # a shard parquet row's status where download.subset left the row out
+NOT_FETCHED = "not fetched"  # where a verbatim plan holds a URL that is not fetched (its message says why)
 
 
 def plan_keys(shard: str, rows: int) -> list[str]:

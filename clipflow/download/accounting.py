@@ -1,5 +1,6 @@
 """Account for every input row: dropped as duplicate, invalid, filtered out before download (by the filter that
-removed it), downloaded, or failed with a reason."""
+removed it), not fetched (a URL of a verbatim plan that is not fetched, by its problem), downloaded, or failed
+with a reason."""
 
 import re
 from collections import Counter
@@ -9,7 +10,7 @@ import pyarrow.parquet as pq
 
 from clipflow.errors import ClipflowError
 from clipflow.ingest.planner import Plan
-from clipflow.shards import FILTERED
+from clipflow.shards import FILTERED, NOT_FETCHED
 
 # img2dataset's resizer's own reasons, then clipflow.download.images' (each message starts with its reason)
 RESIZE_REASONS = ("image too small", "image area too large", "aspect ratio too large")
@@ -53,14 +54,18 @@ def shard_accounting(plan: Plan, shard: str, result_parquet: Path) -> dict:
     if len(results) != planned:
         raise ClipflowError(f"{result_parquet}: {len(results)} rows for {planned} planned; download the shard again")
     filtered = Counter(r["error_message"].removeprefix("filtered out by ") for r in results if r["status"] == FILTERED)
+    not_fetched = Counter(r["error_message"] for r in results if r["status"] == NOT_FETCHED)
     failed = Counter(
-        failure_reason(r["status"], r["error_message"]) for r in results if r["status"] not in ("success", FILTERED)
+        failure_reason(r["status"], r["error_message"])
+        for r in results
+        if r["status"] not in ("success", FILTERED, NOT_FETCHED)
     )
     return {
         "shard": shard,
         "planned": planned,
         "filtered_out": dict(sorted(filtered.items())),
-        "downloaded": planned - sum(failed.values()) - sum(filtered.values()),
+        "not_fetched": dict(sorted(not_fetched.items())),
+        "downloaded": planned - sum(failed.values()) - sum(filtered.values()) - sum(not_fetched.values()),
         "failed": dict(sorted(failed.items())),
     }
 
@@ -73,21 +78,23 @@ def summarize(plan: Plan, result_parquets: list[Path | str]) -> dict:
         raise ClipflowError(f"no downloaded parquet for planned shards {missing[:10]}")
     shards = [shard_accounting(plan, shard, by_shard[shard]) for shard in plan.shards]
     totals = plan.totals()
-    failed, filtered = Counter(), Counter()
+    failed, filtered, not_fetched = Counter(), Counter(), Counter()
     for shard in shards:
         failed.update(shard["failed"])
         filtered.update(shard["filtered_out"])
+        not_fetched.update(shard["not_fetched"])
     summary = {
         "input_rows": totals["rows"],
         "duplicates_dropped": totals["duplicates"],
         "invalid_dropped": totals["invalid"],
         "filtered_out": dict(sorted(filtered.items())),
+        "not_fetched": dict(sorted(not_fetched.items())),
         "downloaded": sum(shard["downloaded"] for shard in shards),
         "failed": dict(sorted(failed.items())),
         "shards": shards,
     }
     accounted = summary["duplicates_dropped"] + summary["invalid_dropped"] + summary["downloaded"]
-    accounted += sum(failed.values()) + sum(filtered.values())
+    accounted += sum(failed.values()) + sum(filtered.values()) + sum(not_fetched.values())
     if accounted != summary["input_rows"]:
         raise ClipflowError(
             f"accounting does not add up: {accounted} rows accounted for {summary['input_rows']} input rows"
@@ -104,6 +111,9 @@ def format_summary(summary: dict) -> str:
     if summary["filtered_out"]:
         lines.append(f"  filtered out (download.subset){sum(summary['filtered_out'].values()):>10,}")
         lines += [f"    by {name:<25}{count:>10,}" for name, count in summary["filtered_out"].items()]
+    if summary["not_fetched"]:
+        lines.append(f"  URL not fetched (verbatim)    {sum(summary['not_fetched'].values()):>10,}")
+        lines += [f"    {reason[:28]:<28}{count:>10,}" for reason, count in summary["not_fetched"].items()]
     lines += [
         f"  downloaded                    {summary['downloaded']:>10,}",
         f"  failed                        {sum(summary['failed'].values()):>10,}",
@@ -124,6 +134,7 @@ def plot_summary(summary: dict, path: Path | str) -> None:
         "duplicate": summary["duplicates_dropped"],
         "invalid": summary["invalid_dropped"],
         **{f"filtered out by {name}": count for name, count in summary["filtered_out"].items()},
+        **{f"not fetched: {reason}": count for reason, count in summary["not_fetched"].items()},
         **{f"failed: {reason}": count for reason, count in summary["failed"].items()},
     }
     shards = summary["shards"]
@@ -133,6 +144,7 @@ def plot_summary(summary: dict, path: Path | str) -> None:
         list(states.values()),
         color=["tab:green", "tab:gray", "tab:brown"]
         + ["tab:olive"] * len(summary["filtered_out"])
+        + ["tab:brown"] * len(summary["not_fetched"])
         + ["tab:red"] * len(summary["failed"]),
     )
     left.bar_label(left.containers[0], fmt="{:,.0f}", padding=3)
@@ -143,6 +155,7 @@ def plot_summary(summary: dict, path: Path | str) -> None:
     right.bar(positions, [s["downloaded"] for s in shards], label="downloaded", color="tab:green")
     stacked = [s["downloaded"] for s in shards]
     parts = [("filtered_out", name, f"filtered out by {name}") for name in summary["filtered_out"]]
+    parts += [("not_fetched", reason, f"not fetched: {reason}") for reason in summary["not_fetched"]]
     parts += [("failed", reason, f"failed: {reason}") for reason in summary["failed"]]
     for state, name, label in parts:
         counts = [s[state].get(name, 0) for s in shards]

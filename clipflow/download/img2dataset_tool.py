@@ -29,25 +29,30 @@ from img2dataset.writer import WebDatasetSampleWriter  # noqa: E402
 from clipflow import files, shards  # noqa: E402
 from clipflow.download import http  # noqa: E402
 from clipflow.download.images import CheckedResizer  # noqa: E402
-from clipflow.shards import FILTERED, plan_keys  # noqa: E402
+from clipflow.ingest.urls import url_problems  # noqa: E402
+from clipflow.shards import FILTERED, NOT_FETCHED, plan_keys  # noqa: E402
 
 
 def fetch_shard(
     plan_shard: Path, staging: Path, options: dict, kept_columns: list[str], threads: int, left_out: dict[str, str]
 ) -> None:
-    """`left_out` maps the keys of rows not to fetch to the filter that removed them. They stay in the tool's
+    """`left_out` maps the keys of rows not to fetch to the filter that removed them; rows whose URL is not
+    fetched (a verbatim plan keeps them, clipflow.ingest.urls) are not fetched either. Both stay in the tool's
     input with an empty URL, so that every row keeps the key of its position (the key that precomputed
-    embeddings gave it), and fail at once without a connection; their parquet rows then get status `filtered`."""
+    embeddings gave it), and fail at once without a connection; their parquet rows then get status `filtered`
+    or `not fetched`, with the filter or the URL's problem as their message."""
     shard = plan_shard.stem
     # img2dataset's reader order: additional columns, caption, url; samples' json and the parquet follow it.
     columns = ["uid", *kept_columns, "caption", "url"]
     rows = pq.read_table(plan_shard, columns=columns)
     keys = plan_keys(shard, rows.num_rows)
-    if left_out:
-        skip = pa.array([key in left_out for key in keys])
-        urls = pc.if_else(skip, pa.scalar("", pa.string()), rows["url"].cast(pa.string()))
-        original_urls = dict(zip(keys, rows["url"].to_pylist()))
-        rows = rows.set_column(columns.index("url"), "url", urls)
+    urls = rows["url"].combine_chunks().cast(pa.string())
+    not_fetched = {keys[row]: (NOT_FETCHED, problem) for row, problem in url_problems(urls).items()}
+    not_fetched.update((key, (FILTERED, f"filtered out by {name}")) for key, name in left_out.items())  # first
+    if not_fetched:
+        skip = pa.array([key in not_fetched for key in keys])
+        original_urls = dict(zip(keys, urls.to_pylist()))
+        rows = rows.set_column(columns.index("url"), "url", pc.if_else(skip, pa.scalar("", pa.string()), urls))
     arrow_input = staging / f"{shard}.feather"  # the downloader deletes its input when done
     with pa.ipc.new_file(arrow_input, rows.schema) as writer:
         writer.write_table(rows)
@@ -82,15 +87,16 @@ def fetch_shard(
     )
     with _output_kept():
         downloader.download_shard((int(shard), str(arrow_input)))
-    if left_out:
-        _mark_filtered(shards.rows_path(staging, shard), left_out, original_urls)
+    if not_fetched:
+        _mark_not_fetched(shards.rows_path(staging, shard), not_fetched, original_urls)
 
 
-def _mark_filtered(rows_path: Path, left_out: dict[str, str], original_urls: dict[str, str]) -> None:
+def _mark_not_fetched(rows_path: Path, statuses: dict[str, tuple[str, str]], original_urls: dict[str, str]) -> None:
+    """The rows of `statuses` (key -> status, message) get them, and their own URL back."""
     frame = pd.read_parquet(rows_path)
-    skipped = frame["key"].isin(left_out.keys()).to_numpy()
-    frame.loc[skipped, "status"] = FILTERED
-    frame.loc[skipped, "error_message"] = [f"filtered out by {left_out[key]}" for key in frame["key"][skipped]]
+    skipped = frame["key"].isin(statuses.keys()).to_numpy()
+    frame.loc[skipped, "status"] = [statuses[key][0] for key in frame["key"][skipped]]
+    frame.loc[skipped, "error_message"] = [statuses[key][1] for key in frame["key"][skipped]]
     frame.loc[skipped, "url"] = [original_urls[key] for key in frame["key"][skipped]]
     files.write_parquet(frame, rows_path)
 

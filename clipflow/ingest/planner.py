@@ -1,4 +1,5 @@
 """Plan shards: ingest new metadata files, drop duplicates and invalid rows, cut the rest into shards.
+With input.verbatim (DataComp's pool is its metadata), every row is planned as given, duplicates and all.
 
 The plan is append-only: files already planned keep their shards, new files get new shard ids, so
 adding data never renumbers a shard that may already be downloaded. It runs while Snakemake parses
@@ -80,6 +81,7 @@ def _settings(config: dict) -> dict:
         "columns": [input_config[k] for k in ("url_col", "caption_col", "uid_col")]
         + list(input_config["keep_cols"])
         + list(input_config["metadata_cols"]),
+        **({"verbatim": True} if input_config["verbatim"] else {}),  # (plans made before it stay valid)
         "samples_per_shard": config["plan"]["samples_per_shard"],
     }
 
@@ -127,10 +129,12 @@ def _ingest(task: int, group: list[tuple[int, Source]], columns: Columns, work: 
         writer, schema, rows, invalid = None, None, 0, {}
         for batch, keys in read_batches(source, columns):
             source_rows = batch["source_row"].to_numpy()
-            problems = url_problems(batch["url"].combine_chunks())
+            # Verbatim: every row is planned; the download leaves the URLs it does not fetch, accounting for them.
+            problems = {} if columns.verbatim else url_problems(batch["url"].combine_chunks())
             valid = np.ones(batch.num_rows, dtype=bool)
             valid[list(problems)] = False
-            spill.add(keys[valid], ((index << ROW_BITS) | source_rows)[valid])
+            if not columns.verbatim:  # no (url, caption) deduplication: no keys to compare
+                spill.add(keys[valid], ((index << ROW_BITS) | source_rows)[valid])
             invalid.update((int(source_rows[position]), reason) for position, reason in problems.items())
             if writer is None:
                 schema = batch.schema  # the first batch's types hold for the file (jsonl's may vary)

@@ -40,6 +40,7 @@ class Columns:
     uid: str | None
     keep: tuple[str, ...]
     keep_keys: tuple[str, ...] = ()  # the config key naming each kept column, for messages
+    verbatim: bool = False  # input.verbatim: captions exactly as the file holds them, control characters too
 
     @classmethod
     def from_config(cls, input_config: dict) -> "Columns":
@@ -50,6 +51,7 @@ class Columns:
             keep=tuple(input_config["keep_cols"]) + tuple(input_config["metadata_cols"]),
             keep_keys=tuple(f"input.keep_cols[{i}]" for i in range(len(input_config["keep_cols"])))
             + tuple(f"input.metadata_cols[{i}]" for i in range(len(input_config["metadata_cols"]))),
+            verbatim=input_config["verbatim"],
         )
 
     def wanted(self) -> list[str]:
@@ -235,7 +237,8 @@ def _check_json_values(source: Source, columns: Columns, raw: pd.DataFrame, firs
 
 
 # C0 and C1 control characters but tab, newline and carriage return, and DEL: in a caption each becomes a
-# space, before the dedup key is computed, so the key sees the stored text and no tool truncates it at a NUL.
+# space, before the dedup key is computed, so the key sees the stored text and no tool truncates it at a NUL
+# (unless input.verbatim keeps the captions as DataComp's baselines read them).
 CONTROL_CHARACTERS = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 
 
@@ -261,7 +264,9 @@ def read_batches(source: Source, columns: Columns) -> Iterator[tuple[pa.Table, n
         for raw in _raw_batches(source, columns):
             rows = raw.num_rows
             url = pc.utf8_trim_whitespace(_text(raw[columns.url]))
-            caption = clean_caption(_text(raw[columns.caption])) if columns.caption else _empty_text(rows)
+            caption = _text(raw[columns.caption]) if columns.caption else _empty_text(rows)
+            if not columns.verbatim:
+                caption = clean_caption(caption)
             keys, derived_uids = row_keys(url, caption)
             if columns.uid:
                 uid = _text(raw[columns.uid])

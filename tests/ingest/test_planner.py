@@ -15,7 +15,7 @@ from clipflow.ingest.urls import url_problems
 
 def config(paths, samples_per_shard=1000, **input_overrides):
     input_config = {"paths": paths, "format": "auto", "url_col": "url", "caption_col": "caption", "uid_col": None}
-    input_config.update({"keep_cols": [], "metadata_cols": [], **input_overrides})
+    input_config.update({"keep_cols": [], "metadata_cols": [], "verbatim": False, **input_overrides})
     return {"input": input_config, "plan": {"samples_per_shard": samples_per_shard}}
 
 
@@ -264,3 +264,23 @@ def test_copied_or_touched_file_with_same_bytes_is_accepted(tmp_path):
     before = make_plan(cfg, tmp_path / "plan").shards
     os.utime(tmp_path / "a.csv", (1, 1))
     assert make_plan(cfg, tmp_path / "plan").shards == before
+
+
+def test_a_verbatim_plan_keeps_every_row_as_given(tmp_path):
+    """input.verbatim (the DataComp presets): duplicates, URLs that are not fetched and control characters stay."""
+    path = tmp_path / "m.parquet"
+    rows = pd.DataFrame(
+        {
+            "url": ["http://h/1.jpg", "http://h/1.jpg", "ftp://h/2.jpg", "", "h/3.jpg"],
+            "caption": ["red car\x00 parked", "red car\x00 parked", "a\x85b", "x\x1fy", "c"],
+            "uid": ["a" * 32, "b" * 32, "c" * 32, "d" * 32, "e" * 32],
+        }
+    )
+    rows.to_parquet(path)
+    plan = make_plan(config([str(path)], uid_col="uid", verbatim=True), tmp_path / "plan")
+    assert plan.totals() == {"rows": 5, "duplicates": 0, "invalid": 0, "planned": 5}
+    planned = planned_rows(plan)
+    assert planned[["url", "caption", "uid"]].equals(rows)
+    default = make_plan(config([str(path)], uid_col="uid"), tmp_path / "default")
+    assert default.totals() == {"rows": 5, "duplicates": 1, "invalid": 3, "planned": 1}
+    assert "verbatim" not in default.state["settings"]  # plans made before the setting existed stay valid

@@ -51,8 +51,9 @@ def _from_ordered_bits(key: np.uint64) -> np.float64:
 
 
 def score_values(rows: pd.DataFrame, column: str) -> np.ndarray:
-    """The `column` of pool rows (indexed by their row numbers) as numbers; a non-numeric column, or a row without a
-    value, is an error naming it (and the row's uid, where `rows` holds them)."""
+    """The `column` of pool rows (indexed by their row numbers) as numbers, floats in their own precision; a
+    non-numeric column, or a row without a value, is an error naming it (and the row's uid, where `rows` holds
+    them)."""
     values = rows[column]
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         raise ClipflowError(f"clip_score filter: column {column!r} holds {values.dtype}, not numbers")
@@ -60,7 +61,7 @@ def score_values(rows: pd.DataFrame, column: str) -> np.ndarray:
         row = int(np.flatnonzero(values.isna().to_numpy())[0])
         uid = f" (uid {rows['uid'].iat[row]})" if "uid" in rows else ""
         raise ClipflowError(f"clip_score filter: column {column!r} has no value in pool row {rows.index[row]}{uid}")
-    return values.to_numpy(dtype=np.float64)
+    return values.to_numpy(dtype=values.dtype if pd.api.types.is_float_dtype(values) else np.float64)
 
 
 class ClipScore(Filter):
@@ -108,4 +109,8 @@ class ClipScore(Filter):
     def decide(self, rows, embeddings, resolved) -> Decision:
         scores = score_values(rows, self.options["score_column"])
         threshold = resolved["threshold"]
-        return Decision(scores >= threshold if threshold is not None else np.zeros(len(rows), bool))
+        if threshold is None:
+            return Decision(np.zeros(len(rows), bool))
+        # In the scores' precision, as DataComp's `df[key] >= threshold` compares: float32 scores meet a configured
+        # 0.28 as float32(0.28), which is above 0.28 (a top fraction's threshold is one of the scores: exact).
+        return Decision(scores >= scores.dtype.type(threshold))

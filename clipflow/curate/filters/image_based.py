@@ -11,6 +11,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from clipflow.curate.filters.base import Decision, Filter, first_failures
 from clipflow.curate.filters.basic import LANGUAGE_OPTIONS, language_checks, language_model_files
@@ -36,6 +37,15 @@ def load_vectors(path: str) -> np.ndarray:
     if value.ndim != 2:
         raise ClipflowError(f"image_based filter: {path} holds shape {value.shape}, not one vector per row")
     return value.astype(np.float32)
+
+
+def fasttext_word_counts(captions: pd.Series) -> np.ndarray:
+    """Words per caption as `len(fasttext.tokenize(caption))` counts them, DataComp's count in this baseline:
+    fastText's tokenizer ends words at ASCII space, tab, vertical tab, form feed, carriage return and NUL only
+    (not at NBSP, U+0085 or the U+2000 spaces, as str.split does), and gives each newline a word of its own,
+    the end-of-line token."""
+    words = captions.str.count(r"[^ \t\n\v\f\r\x00]+") + captions.str.count("\n")
+    return words.to_numpy(dtype=np.int64)
 
 
 def nearest(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -88,7 +98,7 @@ class ImageBased(Filter):
         centroids, chosen = self.clusters
         captions = rows["caption"].fillna("")
         checks = {
-            "caption of one word": (captions.str.split().str.len() <= 1).to_numpy(),
+            "caption of one word": fasttext_word_counts(captions) <= 1,
             "caption too short": (captions.str.len() <= 5).to_numpy(),
         }
         checks.update(language_checks(captions, self.options))

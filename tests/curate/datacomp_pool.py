@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 WIDTH = 384  # ViT-S-32's width: the model the workflow names for these precomputed embeddings
 FILES = 3
@@ -145,6 +146,12 @@ def _uid(rng: np.random.Generator) -> str:
     highs = [0, 1, 2**63, 2**64 - 1, int(rng.integers(2**63))]  # leading zeros, the high bit
     high = highs[int(rng.integers(len(highs)))]
     return f"{high:016x}{int(rng.integers(2**63)) * 2 + int(rng.integers(2)):016x}"
+
+
+def preset_input() -> dict:
+    """The datacomp presets' input section (config/presets/datacomp_small.yaml), which reads data/metadata."""
+    preset = Path(__file__).parents[2] / "config" / "presets" / "datacomp_small.yaml"
+    return yaml.safe_load(preset.read_text())["input"]
 
 
 def release_files(image_server: str = "http://127.0.0.1:9") -> list[tuple[pd.DataFrame, dict]]:

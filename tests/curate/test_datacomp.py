@@ -12,6 +12,7 @@ import webdataset as wds
 
 from clipflow.embed.precomputed import load_arrays
 from clipflow.errors import ClipflowError
+import datacomp_pool
 from conftest import run_snakemake, write_config
 
 WIDTH = 384  # ViT-S-32's embedding width: the service's model for this run
@@ -72,19 +73,7 @@ def participant(tmp_path_factory, image_server):
     metadata = pd.concat([metadata, duplicate, ftp], ignore_index=True)
     embeddings = write_release(workdir / "data/metadata", metadata)
     config = {
-        "input": {
-            "paths": ["data/metadata/*.parquet"],
-            "caption_col": "text",
-            "uid_col": "uid",
-            "keep_cols": ["face_bboxes"],
-            "metadata_cols": [
-                "original_width",
-                "original_height",
-                "clip_l14_similarity_score",
-                "clip_b32_similarity_score",
-            ],
-            "verbatim": True,  # as the datacomp presets: the pool is every metadata row
-        },
+        "input": datacomp_pool.preset_input(),  # verbatim: the pool is every metadata row
         "plan": {"samples_per_shard": 5},
         "download": {"timeout": 2, "threads": 4, "image_size": 64, "bbox_col": "face_bboxes", "subset": "chosen"},
         "embed": {"model": "ViT-S-32", "pretrained": "none", "precomputed": {"image": "l14_img", "text": "l14_txt"}},

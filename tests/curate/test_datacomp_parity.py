@@ -58,19 +58,7 @@ def curated(tmp_path_factory):
     datacomp_pool.write_release(workdir / "data" / "metadata")
     datacomp_pool.write_assets(workdir / ASSETS)
     config = {
-        "input": {
-            "paths": ["data/metadata/*.parquet"],
-            "caption_col": "text",
-            "uid_col": "uid",
-            "keep_cols": ["face_bboxes"],
-            "metadata_cols": [
-                "original_width",
-                "original_height",
-                "clip_b32_similarity_score",
-                "clip_l14_similarity_score",
-            ],
-            "verbatim": True,
-        },
+        "input": datacomp_pool.preset_input(),
         "plan": {"samples_per_shard": 200},
         "embed": {"model": "ViT-S-32", "pretrained": "none", "precomputed": {"image": "l14_img", "text": "l14_txt"}},
         "curate": {

@@ -25,7 +25,7 @@ SIZING = {
     "curate": ("mem_mb",),
     "curate.reshard": ("processes", "mem_mb"),
     "curate.near_duplicates": ("mem_mb",),
-    "train": ("gpus", "workers", "mem_mb", "runtime"),
+    "train": ("gpus", "nodes", "workers", "mem_mb", "runtime"),
     "evaluate": ("batch_size", "mem_mb"),
 }
 # Settings that group shards into jobs: changing one regroups those jobs, which then run again.

@@ -5,12 +5,22 @@ GPU). --model-config first registers an open_clip model config file, for an arch
 open_clip_train 3.3 reads tars with webdataset's tar_file_expander, which since webdataset 0.2.96 ends each tar
 with an empty sample that open_clip_train cannot group (KeyError: 'fname', open_clip issue #935). The fix named
 there is eof_value=None; it is applied here rather than pinning an older webdataset for the rest of clipflow.
+open_clip_train also gives DistributedDataParallel `device_ids=[device]` on a CPU, which DDP refuses: a CPU
+module takes none, so several processes (or nodes) without GPUs train too.
 """
 
 import functools
 import sys
 
 import open_clip
+import torch
+
+
+class _DistributedDataParallel(torch.nn.parallel.DistributedDataParallel):
+    def __init__(self, module, device_ids=None, **kwargs):
+        if device_ids and all(torch.device(device).type == "cpu" for device in device_ids):
+            device_ids = None
+        super().__init__(module, device_ids=device_ids, **kwargs)
 
 
 def train(argv: list[str]) -> None:
@@ -19,6 +29,7 @@ def train(argv: list[str]) -> None:
     from webdataset.tariterators import tar_file_expander
 
     open_clip_train.data.tar_file_expander = functools.partial(tar_file_expander, eof_value=None)
+    torch.nn.parallel.DistributedDataParallel = _DistributedDataParallel
     main(argv)
 
 

@@ -52,6 +52,19 @@ def checked(step, *args):
 
 checked(validate_config, config)
 TRAINING = checked(hyperparameters, config["train"])
+# A training job over several nodes is one SLURM job of as many tasks, its script launching them with srun (the
+# SLURM plugins' "mpi" jobs): SLURM allocates the nodes, the first runs the script. gpu is then the job's total;
+# tasks_per_gpu 0 keeps the plugin from asking --ntasks-per-gpu of the tasks.
+TRAIN_NODES = (
+    {
+        "nodes": config["train"]["nodes"],
+        "tasks": config["train"]["nodes"],
+        "tasks_per_gpu": 0,
+        "mpi": "srun",
+    }
+    if config["train"]["nodes"] > 1
+    else {}
+)
 PLAN = checked(workflow_plan, config, PLAN_DIR, DEMO_DIR, workflow.is_main_process)
 # Downloads and embeddings run a job per batch or chunk of consecutive shards: the DAG stays small
 # at scale, and an embedding job loads the model once for many shards.

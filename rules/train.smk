@@ -1,6 +1,6 @@
 # open_clip's trainer on a subset's shards, with DataComp's hyperparameters for the configured scale. The run
 # folder beside the outputs keeps the checkpoints: a killed or timed-out job (SLURM resubmits it) resumes from the
-# last one. GPUs and workers size the job only; the global batch stays the same.
+# last one. GPUs, nodes and workers size the job only; the global batch stays the same.
 rule train:
     input:
         unpack(model_config_file),
@@ -17,7 +17,8 @@ rule train:
         "../envs/train.yaml"
     threads: config["train"]["gpus"] * (config["train"]["workers"] + 1)
     resources:
-        gpu=config["train"]["gpus"],
+        **TRAIN_NODES,
+        gpu=config["train"]["gpus"] * config["train"]["nodes"],
         mem_mb=config["train"]["mem_mb"],
         runtime=config["train"]["runtime"],
     params:

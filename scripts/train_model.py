@@ -10,10 +10,11 @@ with redirect_to_log(snakemake.log[0]):
     shards = [Path(snakemake.input.shards).parent / f"{name}.tar" for name in record["shards"]]
     summary = json.loads(Path(snakemake.input.summary).read_text())
     run_folder = Path(snakemake.output.checkpoint).parent / "run"
-    gpus = snakemake.resources.gpu
+    nodes = snakemake.resources.get("nodes", 1)
+    gpus = snakemake.resources.gpu // nodes  # of each node
     # a loading process per GPU besides the trainer; locally the threads may be capped below the GPUs
     workers = max(0, snakemake.threads // gpus - 1)
-    provenance = train(snakemake.params.hyperparameters, shards, run_folder, gpus, workers)
+    provenance = train(snakemake.params.hyperparameters, shards, run_folder, gpus, workers, nodes)
     provenance["subset"] = {
         "name": snakemake.wildcards.subset,
         "samples": record["samples"],

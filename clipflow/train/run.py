@@ -7,6 +7,7 @@ it starts over.
 """
 
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -39,7 +40,7 @@ def train_data(shard_paths: list[Path]) -> str:
 
 def open_clip_args(hyper: dict, shard_paths: list[Path], run_folder: Path, processes: int, workers: int) -> list:
     """open_clip_train's command line as DataComp's train.py builds it: samples_seen in `checkpoints` epochs of
-    resampled shards, the global batch split over the processes."""
+    resampled shards, the global batch split over the processes (of every node)."""
     if hyper["batch_size"] % processes:
         raise ClipflowError(f"train.batch_size ({hyper['batch_size']}) must be a multiple of the {processes} GPUs")
     args = [
@@ -69,17 +70,57 @@ def open_clip_args(hyper: dict, shard_paths: list[Path], run_folder: Path, proce
     return args
 
 
+LAUNCH_MODULE = "clipflow.launch"
+
+
 def launcher(tool: str, model_config: str | None) -> list[str]:
-    """clipflow.launch's arguments that run `tool` (train or benchmark)."""
-    return ["-m", "clipflow.launch", tool, *(["--model-config", model_config] if model_config else [])]
+    """python's arguments that run `tool` (train or benchmark) through clipflow.launch."""
+    return ["-m", LAUNCH_MODULE, *_tool_args(tool, model_config)]
 
 
-def command(hyper: dict, args: list[str], processes: int) -> list[str]:
-    launch = launcher("train", hyper["model_config"])
-    if processes == 1:
-        return [sys.executable, *launch, *args]
-    distributed = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    return [sys.executable, *distributed, *launch, *args]
+def _tool_args(tool: str, model_config: str | None) -> list[str]:
+    return [tool, *(["--model-config", model_config] if model_config else [])]
+
+
+def command(hyper: dict, args: list[str], processes: int, nodes: int = 1) -> list[str]:
+    """The training command: open_clip_train itself, torchrun on one node, or on `nodes` nodes srun's torchruns
+    (one a node, `processes` workers each), which meet in a c10d rendezvous on the allocation's first node."""
+    if nodes == 1 and processes == 1:
+        return [sys.executable, *launcher("train", hyper["model_config"]), *args]
+    # "--" ends torchrun's own options: its parser (argparse, Python 3.11) would take open_clip's --logs for an
+    # ambiguous abbreviation of its --logs-specs and stop.
+    script = ["-m", "--", LAUNCH_MODULE, *_tool_args("train", hyper["model_config"]), *args]
+    if nodes == 1:
+        distributed = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        return [sys.executable, *distributed, *script]
+    job, head = slurm_allocation(nodes)
+    srun = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    distributed = ["-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={processes}"]
+    distributed += ["--rdzv_backend=c10d", f"--rdzv_endpoint={head}:{RENDEZVOUS_PORT}", f"--rdzv_id={job}"]
+    return [*srun, sys.executable, *distributed, *script]
+
+
+RENDEZVOUS_PORT = 29400  # torchrun's own default for c10d
+
+
+def slurm_allocation(nodes: int) -> tuple[str, str]:
+    """(job id, first node's host name) of the SLURM allocation this job runs in, which must hold `nodes` nodes."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        raise ClipflowError(
+            f"train.nodes is {nodes}: a training job spans several nodes only as a SLURM job of as many "
+            "(snakemake --profile profiles/slurm); without SLURM, set train.nodes: 1"
+        )
+    # Snakemake's job step keeps only the job's id of SLURM's variables: ask SLURM for the job's nodes.
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or _output(["squeue", "-h", "-j", job, "-o", "%N"])
+    hosts = _output(["scontrol", "show", "hostnames", nodelist]).split()
+    if len(hosts) != nodes:
+        raise ClipflowError(f"SLURM job {job} holds {len(hosts)} nodes ({nodelist}), not train.nodes = {nodes}")
+    return job, hosts[0]
+
+
+def _output(command: list[str]) -> str:
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def latest_checkpoint(run_folder: Path) -> Path:
@@ -97,15 +138,15 @@ def start_or_resume(run_folder: Path, settings: dict) -> bool:
     return latest_checkpoint(run_folder).exists()
 
 
-def train(hyper: dict, shard_paths: list[Path], run_folder: Path, gpus: int, workers: int) -> dict:
-    """Train (or resume) in `run_folder`; returns the run's provenance, its final checkpoint at
-    latest_checkpoint(run_folder)."""
+def train(hyper: dict, shard_paths: list[Path], run_folder: Path, gpus: int, workers: int, nodes: int = 1) -> dict:
+    """Train (or resume) in `run_folder` with `gpus` on each of `nodes`; returns the run's provenance, its final
+    checkpoint at latest_checkpoint(run_folder)."""
     data = {path.name: [path.stat().st_size, path.stat().st_mtime_ns] for path in shard_paths}
     resuming = start_or_resume(run_folder, {"hyperparameters": hyper, "shards": data})
     used = processes(gpus)
-    args = open_clip_args(hyper, shard_paths, run_folder, used, workers)
+    args = open_clip_args(hyper, shard_paths, run_folder, nodes * used, workers)
     started = time.time()
-    launch = command(hyper, args, used)
+    launch = command(hyper, args, used, nodes)
     print(("resuming: " if resuming else "training: ") + " ".join(launch), flush=True)
     result = subprocess.run(launch, stdout=sys.stdout, stderr=subprocess.STDOUT)
     if result.returncode != 0:
@@ -117,7 +158,8 @@ def train(hyper: dict, shard_paths: list[Path], run_folder: Path, gpus: int, wor
     return {
         "hyperparameters": hyper,
         "open_clip_train_args": args,
-        "processes": used,
+        "processes": nodes * used,
+        "nodes": nodes,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "resumed": resuming,
         "seconds_this_attempt": round(time.time() - started, 1),

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster for the tests: Debian's slurm and munge packages, two fake GPUs.
-#   tests/slurm/cluster.sh start   installs (once), configures, starts munge/slurmctld/slurmd, waits for idle
+# A real SLURM cluster for the tests: Debian's slurm and munge packages, two fake GPUs a node. The workflow's jobs
+# run on one node (partition main); partition multi adds a second node, a second slurmd on the same machine
+# (its own name and port), for jobs that span two nodes.
+#   tests/slurm/cluster.sh start   installs (once), configures, starts munge/slurmctld/slurmds, waits for idle
 #   tests/slurm/cluster.sh stop    stops the daemons and removes the config
 # State, spool, logs and config live under $SLURM_TEST_DIR (default /tmp/clipflow-slurm). Needs root.
 set -euo pipefail
@@ -13,10 +15,13 @@ install_packages() {
 }
 
 write_config() {
-    mkdir -p "$DIR"/{state,spool,log,run} /etc/slurm
+    mkdir -p "$DIR"/{state,log,run} "$DIR/spool/$(hostname -s)" "$DIR/spool/$(hostname -s)-2" /etc/slurm
     : > "$DIR/gpu0"; : > "$DIR/gpu1"   # slurmd accepts plain files as GPU devices (logs that they are not char devices)
-    local node
+    : > "$DIR/gpu2"; : > "$DIR/gpu3"
+    local node host second
     node=$(slurmd -C | head -1 | sed 's/ UpTime=.*//')
+    host=$(hostname -s)
+    second=${node/NodeName=$host/NodeName=$host-2 NodeHostname=$host Port=6819}
     cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=clipflow-test
 SlurmctldHost=$(hostname -s)
@@ -34,15 +39,18 @@ MpiDefault=none
 GresTypes=gpu
 MinJobAge=600
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$DIR/run/slurmctld.pid
-SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmdPidFile=$DIR/run/slurmd-%n.pid
+SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
-$node Gres=gpu:2 State=UNKNOWN
-PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+SlurmdLogFile=$DIR/log/slurmd-%n.log
+$node Port=6818 Gres=gpu:2 State=UNKNOWN
+$second Gres=gpu:2 State=UNKNOWN
+PartitionName=main Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=multi Nodes=$host,$host-2 MaxTime=INFINITE State=UP
 CONF
-    echo "Name=gpu File=$DIR/gpu[0-1]" > /etc/slurm/gres.conf
+    printf 'NodeName=%s Name=gpu File=%s/gpu[0-1]\nNodeName=%s-2 Name=gpu File=%s/gpu[2-3]\n' \
+        "$host" "$DIR" "$host" "$DIR" > /etc/slurm/gres.conf
 }
 
 start() {
@@ -55,16 +63,17 @@ start() {
     chmod 0400 /etc/munge/munge.key
     su -s /bin/sh munge -c munged
     slurmctld
-    slurmd
+    slurmd -N "$(hostname -s)"
+    slurmd -N "$(hostname -s)-2"
     for _ in $(seq 60); do
-        if sinfo -h -o %t 2>/dev/null | grep -qx idle; then
+        if [ "$(sinfo -h -N -p multi -o %t 2>/dev/null | grep -cx idle)" = 2 ]; then
             sinfo
             return 0
         fi
         sleep 1
     done
-    echo "the SLURM node did not become idle; see $DIR/log" >&2
-    tail -20 "$DIR"/log/*.log >&2
+    echo "the SLURM nodes did not become idle; see $DIR/log" >&2
+    tail -n 20 "$DIR"/log/*.log >&2
     return 1
 }
 

@@ -21,7 +21,7 @@ from clipflow.evaluate.benchmark import HOLDOUT_TASK, holdout_task, run_task
 from clipflow.evaluate.holdout import HELD_OUT, choose, held_out, lowest_hash_rows, slice_samples, uid_hashes
 from clipflow.shards import ShardReader
 from clipflow.train.hyperparameters import hyperparameters
-from clipflow.train.run import open_clip_args
+from clipflow.train.run import command, open_clip_args
 from conftest import REPO, free_port, jpeg, run_snakemake, small_run_config, write_config, write_shard
 
 SUBSET = "everything"  # what this module trains on: every row but the held-out ones
@@ -255,3 +255,10 @@ def test_a_killed_training_job_resumes_from_its_last_checkpoint(trained_run):
     final = torch.load(workdir / f"results/train/{SUBSET}/checkpoint.pt", map_location="cpu", weights_only=False)
     assert final["epoch"] == 4
     assert json.loads((workdir / f"results/train/{SUBSET}/provenance.json").read_text())["resumed"] is True
+
+
+def test_training_over_several_nodes_needs_a_slurm_allocation(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    hyper = hyperparameters(train_section(scale="small"))
+    with pytest.raises(ClipflowError, match="train.nodes is 2: .* only as a SLURM job"):
+        command(hyper, [], processes=1, nodes=2)

@@ -1,10 +1,11 @@
-"""The workflow on a real single-node SLURM cluster (tests/slurm/cluster.sh) through profiles/slurm.
+"""The workflow on a real SLURM cluster (tests/slurm/cluster.sh) through profiles/slurm.
 
-GPU jobs ask SLURM for a GPU, a cancelled job is retried to the same results, and deleting one shard
-submits only its jobs again. The dry run needs no cluster at all. Each level of the DAG costs ~20 s of
+GPU jobs ask SLURM for a GPU, a training job can span two nodes, a cancelled job is retried to the same results,
+and deleting one shard submits only its jobs again. The dry run needs no cluster at all. Each level of the DAG costs ~20 s of
 status checks here, so the tests after the first run redo as few levels as show what they test.
 """
 
+import json
 import os
 import re
 import shutil
@@ -81,7 +82,8 @@ def submitted_jobs(output: str, workdir: Path) -> dict[str, str]:
 def cluster_is_up() -> bool:
     if shutil.which("sinfo") is None:
         return False
-    return subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout.strip() == "idle"
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-p", "multi", "-o", "%t"], capture_output=True, text=True).stdout
+    return nodes.split() == ["idle", "idle"]  # both of cluster.sh's nodes
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +149,35 @@ def test_only_embedding_training_and_evaluation_jobs_ask_for_a_gpu(slurm_run):
         record = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
         asks_gpu = re.search(r"Tres\w*=\S*gpu", record) is not None
         assert asks_gpu == job.startswith(GPU_JOBS), f"{job} (SLURM job {job_id}):\n{record}"
+
+
+def test_a_training_job_spans_two_nodes(slurm_run):
+    """train.nodes: 2 is one SLURM job on two nodes (the test cluster's partition multi): srun starts a torchrun on
+    each, they meet in a c10d rendezvous on the first, and open_clip trains with the global batch split over both."""
+    workdir, _ = slurm_run
+    config_path = workdir / "config.yaml"
+    single_node = config_path.read_text()
+    config = yaml.safe_load(single_node)
+    write_config(workdir, {**config, "train": {**config["train"], "nodes": 2}})
+    try:
+        assert "Nothing to be done" in snakemake_on_slurm(workdir, "--dry-run").stdout  # nodes only sizes the job
+        result = snakemake_on_slurm(
+            workdir, "--forcerun", "train", "--until", "train", "--set-resources", "train:slurm_partition=multi"
+        )
+    finally:
+        config_path.write_text(single_node)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    (job_id,) = [job for job, name in submitted_jobs(output, workdir).items() if name.startswith("train")]
+    record = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"NumNodes=2 ", record) and re.search(r"NumTasks=2 ", record), record
+    log = (workdir / "logs/train/clip_basic_dedup.log").read_text()
+    assert "srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in log and "--nnodes=2" in log
+    ranks = set(re.findall(r"Process \(global: (\d), local \d\), total 2", log))
+    assert ranks == {"0", "1"}, log[-3000:]  # each node's trainer, one world of two
+    provenance = json.loads((workdir / "results/train/clip_basic_dedup/provenance.json").read_text())
+    assert (provenance["nodes"], provenance["processes"]) == (2, 2)
+    assert dict(zip(provenance["open_clip_train_args"], provenance["open_clip_train_args"][1:]))["--batch-size"] == "4"
 
 
 def embeddings(workdir: Path) -> dict:

@@ -138,12 +138,28 @@ def start_or_resume(run_folder: Path, settings: dict) -> bool:
     return latest_checkpoint(run_folder).exists()
 
 
+def match_checkpoint(run_folder: Path, processes: int) -> None:
+    """open_clip resumes on several processes only a checkpoint saved by several (state_dict keys "module.*"; on
+    one it strips them itself): a run that resumes on more processes than it was started with, the GPUs and nodes
+    being sizing settings, gets the prefix added to its last checkpoint."""
+    path = latest_checkpoint(run_folder)
+    if processes == 1 or not path.exists():
+        return
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if next(iter(checkpoint["state_dict"])).startswith("module."):
+        return
+    checkpoint["state_dict"] = {f"module.{key}": value for key, value in checkpoint["state_dict"].items()}
+    with files.replacing(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
 def train(hyper: dict, shard_paths: list[Path], run_folder: Path, gpus: int, workers: int, nodes: int = 1) -> dict:
     """Train (or resume) in `run_folder` with `gpus` on each of `nodes`; returns the run's provenance, its final
     checkpoint at latest_checkpoint(run_folder)."""
     data = {path.name: [path.stat().st_size, path.stat().st_mtime_ns] for path in shard_paths}
     resuming = start_or_resume(run_folder, {"hyperparameters": hyper, "shards": data})
     used = processes(gpus)
+    match_checkpoint(run_folder, nodes * used)
     args = open_clip_args(hyper, shard_paths, run_folder, nodes * used, workers)
     started = time.time()
     launch = command(hyper, args, used, nodes)

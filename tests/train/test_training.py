@@ -21,7 +21,7 @@ from clipflow.evaluate.benchmark import HOLDOUT_TASK, holdout_task, run_task
 from clipflow.evaluate.holdout import HELD_OUT, choose, held_out, lowest_hash_rows, slice_samples, uid_hashes
 from clipflow.shards import ShardReader
 from clipflow.train.hyperparameters import hyperparameters
-from clipflow.train.run import command, open_clip_args
+from clipflow.train.run import command, latest_checkpoint, match_checkpoint, open_clip_args
 from conftest import REPO, free_port, jpeg, run_snakemake, small_run_config, write_config, write_shard
 
 SUBSET = "everything"  # what this module trains on: every row but the held-out ones
@@ -262,3 +262,17 @@ def test_training_over_several_nodes_needs_a_slurm_allocation(monkeypatch):
     hyper = hyperparameters(train_section(scale="small"))
     with pytest.raises(ClipflowError, match="train.nodes is 2: .* only as a SLURM job"):
         command(hyper, [], processes=1, nodes=2)
+
+
+def test_a_run_resumed_on_more_processes_gets_a_checkpoint_they_can_load(tmp_path):
+    """open_clip saves a one-process run's state_dict without DDP's "module." prefix and loads it on several
+    processes only with it: GPUs and nodes are sizing settings, so a resumed run may have more."""
+    path = latest_checkpoint(tmp_path)
+    path.parent.mkdir(parents=True)
+    torch.save({"epoch": 1, "state_dict": {"visual.proj": torch.ones(2)}}, path)
+    match_checkpoint(tmp_path, 1)
+    assert list(torch.load(path, weights_only=False)["state_dict"]) == ["visual.proj"]
+    match_checkpoint(tmp_path, 2)
+    match_checkpoint(tmp_path, 4)  # once
+    resumed = torch.load(path, weights_only=False)
+    assert list(resumed["state_dict"]) == ["module.visual.proj"] and resumed["epoch"] == 1

@@ -159,6 +159,7 @@ def test_a_training_job_spans_two_nodes(slurm_run):
     single_node = config_path.read_text()
     config = yaml.safe_load(single_node)
     write_config(workdir, {**config, "train": {**config["train"], "nodes": 2}})
+    shutil.rmtree(workdir / "results/train/clip_basic_dedup/run")  # trained from its first step on both nodes
     try:
         assert "Nothing to be done" in snakemake_on_slurm(workdir, "--dry-run").stdout  # nodes only sizes the job
         result = snakemake_on_slurm(

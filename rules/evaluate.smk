@@ -38,7 +38,8 @@ rule holdout_dataset:
         "../scripts/holdout_dataset.py"
 
 
-# clip_benchmark's zero-shot retrieval on the held-out slice, and its tasks on the configured local data sets.
+# clip_benchmark's zero-shot retrieval on the held-out slice, its tasks on the configured local data sets, and
+# the configured suite (DataComp's evaluate.py).
 rule evaluate:
     input:
         unpack(model_config_file),
@@ -59,6 +60,8 @@ rule evaluate:
     params:
         model=TRAINING["model"],
         benchmarks=config["evaluate"]["benchmarks"],
+        suite=config["evaluate"]["suite"],
+        data_dir=config["evaluate"]["data_dir"],
     script:
         "../scripts/evaluate_model.py"
 

@@ -14,6 +14,7 @@ from clipflow.train.run import launcher
 
 RECALL_K = (1, 5, 10)
 HOLDOUT_TASK = "holdout_retrieval"
+MAIN_METRIC = "main_metric"
 
 
 def holdout_task(folder: Path | str) -> dict:
@@ -40,7 +41,8 @@ def run_task(model: str, checkpoint, task: dict, model_config: str | None, batch
 
 
 def comparison(provenances: dict[str, dict], scores: dict[str, dict]) -> pd.DataFrame:
-    """One row per trained subset: its size, the filters that made it, how it was trained and its scores."""
+    """One row per trained subset: its size, the filters that made it, how it was trained and its scores (of a
+    suite's tasks, the main metric; its summary scores, such as DataComp's average, as they are)."""
     rows = []
     for subset, provenance in provenances.items():
         hyper = provenance["hyperparameters"]
@@ -53,6 +55,8 @@ def comparison(provenances: dict[str, dict], scores: dict[str, dict]) -> pd.Data
             "samples_seen": hyper["samples_seen"],
         }
         for task, metrics in scores[subset].items():
+            if MAIN_METRIC in metrics:  # a suite's task: its main metric alone (the rest are in the scores file)
+                metrics = {MAIN_METRIC: metrics[MAIN_METRIC]}
             row.update({f"{task}/{name}": value for name, value in metrics.items()})
         rows.append(row)
     return pd.DataFrame(rows)

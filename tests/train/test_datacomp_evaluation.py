@@ -28,10 +28,7 @@ def evalsets(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scores(evalsets):
-    import open_clip
-
-    open_clip.add_model_config(str(MODEL_CONFIG))
-    return datacomp.evaluate(MODEL, evalsets / "checkpoint.pt", evalsets / "sets", "cpu")
+    return datacomp.evaluate(MODEL, evalsets / "checkpoint.pt", evalsets / "sets", MODEL_CONFIG, device="cpu")
 
 
 def same(ours, theirs) -> bool:
@@ -71,5 +68,5 @@ def test_a_missing_evaluation_set_is_refused_naming_it_and_how_to_fetch_it(evals
     shutil.rmtree(sets / "wds_wilds-fmow_test")
     shutil.rmtree(next((sets / "hf_cache").glob("nlphuji___winogavil")))
     with pytest.raises(ClipflowError, match=r"lacks 2 of DataComp's 38 .*WinoGAViL \(nlphuji/winogavil in .*hf_cache\), FMoW \(.*wds_wilds-fmow_test\)") as error:
-        datacomp.evaluate(MODEL, evalsets / "checkpoint.pt", sets, "cpu")
+        datacomp.evaluate(MODEL, evalsets / "checkpoint.pt", sets, MODEL_CONFIG, device="cpu")
     assert "download_evalsets.py" in str(error.value)

@@ -18,11 +18,14 @@ import torch
 from clipflow.config import validate_config
 from clipflow.errors import ClipflowError
 from clipflow.evaluate.benchmark import HOLDOUT_TASK, holdout_task, run_task
+from clipflow.evaluate.datacomp.tasks import SUMMARY, TASKS
+from clipflow.evaluate.datacomp.tasks import summary as datacomp_summary
 from clipflow.evaluate.holdout import HELD_OUT, choose, held_out, lowest_hash_rows, slice_samples, uid_hashes
 from clipflow.shards import ShardReader
 from clipflow.train.hyperparameters import hyperparameters
 from clipflow.train.run import command, latest_checkpoint, match_checkpoint, open_clip_args
 from conftest import REPO, free_port, jpeg, run_snakemake, small_run_config, write_config, write_shard
+from datacomp_evalsets import write_checkpoint, write_evalsets
 
 SUBSET = "everything"  # what this module trains on: every row but the held-out ones
 
@@ -153,6 +156,9 @@ def trained_run(tmp_path_factory):
     config["train"].update(subsets=[SUBSET], batch_size=16, samples_seen=640)
     write_color_benchmark(workdir / "colors")
     config["evaluate"]["benchmarks"] = {"colors": {"dataset": "wds/colors", "root": str(workdir / "colors")}}
+    write_checkpoint(workdir / "labeller.pt")  # the model whose predictions the sets' labels follow in part
+    write_evalsets(workdir / "evalsets", workdir / "labeller.pt")
+    config["evaluate"].update(suite="datacomp", data_dir=str(workdir / "evalsets"))
     write_config(workdir, config)
     # no indices: training needs none
     run_snakemake(
@@ -217,6 +223,17 @@ def test_a_local_clip_benchmark_data_set_is_evaluated_and_compared(trained_run):
     assert 0 <= colors["acc1"] <= colors["acc5"] <= 1
     table = pd.read_csv(workdir / "results/evaluate/compare.tsv", sep="\t")
     assert np.isclose(table["colors/acc1"].iat[0], colors["acc1"])
+
+
+def test_datacomps_tasks_and_summary_are_evaluated_and_compared(trained_run):
+    workdir, _ = trained_run
+    scores = json.loads((workdir / f"results/evaluate/{SUBSET}.json").read_text())
+    main = {task.name: scores[task.name]["main_metric"] for task in TASKS}
+    assert scores[SUMMARY] == datacomp_summary(main) and 0 <= scores[SUMMARY]["Average"] <= 1
+    table = pd.read_csv(workdir / "results/evaluate/compare.tsv", sep="\t")
+    assert table[f"{SUMMARY}/Average"].iat[0] == pytest.approx(scores[SUMMARY]["Average"], rel=1e-12)
+    assert table["FMoW/main_metric"].iat[0] == pytest.approx(scores["FMoW"]["acc_worst_region"], rel=1e-12)
+    assert "FMoW/acc_avg" not in table  # a suite's task shows its main metric only
 
 
 def test_a_killed_training_job_resumes_from_its_last_checkpoint(trained_run):

@@ -68,3 +68,20 @@ def test_preset_dry_runs_on_its_release_columns(tmp_path, preset):
     assert set(kept) <= set(shard.columns)
     if "face_bboxes" in kept:
         assert [list(map(list, boxes)) for boxes in shard["face_bboxes"]] == metadata["face_bboxes"].tolist()
+
+
+def test_a_datacomp_preset_that_trains_refuses_to_start_without_the_evaluation_sets(tmp_path):
+    preset = REPO / "config" / "presets" / "datacomp_small.yaml"
+    config = yaml.safe_load(preset.read_text())
+    target = tmp_path / config["input"]["paths"][0].replace("*", "part-00000")
+    target.parent.mkdir(parents=True)
+    datacomp_metadata(ROWS).to_parquet(target)
+    config["train"]["subsets"] = ["clip_score_l14_30pct"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+
+    result = run_snakemake(tmp_path, "--dry-run", check=False)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "evaluate.data_dir data/evalsets lacks 38 of DataComp's 38 evaluation sets: Caltech-101" in message
+    assert "python download_evalsets.py data/evalsets" in message
+    assert not (tmp_path / "results").exists()  # refused before anything is planned

@@ -28,12 +28,16 @@ def where(task, data_dir) -> str:
     return str(location) if task.kind == CLASSIFICATION else f"{task.hub_name} in {location}"
 
 
-def evaluate(model_name: str, checkpoint, data_dir: Path | str, device: str) -> dict[str, dict]:
-    """{task name: its metrics, main_metric among them} for every task, then the summary scores under SUMMARY."""
+def evaluate(model_name: str, checkpoint, data_dir: Path | str, model_config=None, device=None) -> dict[str, dict]:
+    """{task name: its metrics, main_metric among them} for every task, then the summary scores under SUMMARY. On
+    a GPU where there is one, as DataComp runs; `model_config` registers an architecture open_clip lacks."""
     import open_clip
     import torch
 
     check_sets(data_dir)
+    if model_config:
+        open_clip.add_model_config(str(model_config))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=str(checkpoint))
     model = model.eval().to(device)

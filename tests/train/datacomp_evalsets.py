@@ -5,7 +5,7 @@ ties between classes); sets of fewer than five classes (no acc5); a set in more 
 workers; PNG, JPEG and WebP images in grayscale, palette, RGBA and odd sizes; WILDS and fairness metadata with
 empty groups, a group of one and FMoW's "Other" region; retrieval captions in capitals, other scripts, with control
 characters and a varying number per image; an image with an EXIF rotation; WinoGAViL cues starting with a vowel,
-a capital or a non-ASCII letter, with 5, 6, 10 and 12 candidates.
+a capital or a non-ASCII letter, with 5, 6, 10 and 12 candidates, two of them the same image.
 
 And a deterministic checkpoint of .test/config/tiny-clip.json (weights from numpy's PCG64, so the same on any
 torch). Shared by test_datacomp_evaluation.py and tests/data/datacomp/make_expected_evaluation.py, which runs
@@ -28,7 +28,8 @@ FEW_CLASSES = {"vtab/kitti_closest_vehicle_distance": 4, "vtab/pcam": 2, "render
 FEW_CLASSES.update({"wilds/fmow": 3, "fairness/geode": 3})  # groups of a few samples get accuracies above 0
 GROUPED_SAMPLES = 60  # a set with metadata: its groups of about 8 to 17 samples
 SHARDS = {"imagenet1k": 5, "vtab/cifar100": 2}
-CLASS_NAMES = ["cat", "dog", " house ", "Fahrrad", "cat", "貓", "ÉCOLE", "tree", "red car", "sea"]
+# "red car" twice: the checkpoint's favourite class, tied exactly with itself (argmax takes the first)
+CLASS_NAMES = ["cat", "dog", " house ", "Fahrrad", "red car", "貓", "ÉCOLE", "tree", "red car", "sea"]
 TEMPLATES = "a photo of a {c}.\n\n  a blurry {c}  \nA PICTURE OF THE {c}\n"
 METADATA = {  # a metadata row per sample: (columns, how many values each takes)
     "wilds/iwildcam": 9,
@@ -163,7 +164,9 @@ def write_winogavil(task, hf_cache: Path, rng: np.random.Generator) -> None:
     for number, size in enumerate([5, 6, 10, 12, 10, 5, 12, 6, 10, 12, 5, 10]):
         names = [f"item{number}_{index}" for index in range(size)]
         associations = list(rng.choice(names, int(rng.integers(1, 4 if size <= 6 else 5)), replace=False))
-        rows["candidate_images"].append([image_cell(rng, number * 13 + index) for index in range(size)])
+        images = [image_cell(rng, number * 13 + index) for index in range(size)]
+        images[1] = images[0]  # two candidates tie exactly
+        rows["candidate_images"].append(images)
         rows["cue"].append(CUES[number % len(CUES)])
         rows["candidates"].append(names)
         rows["associations"].append(associations)

@@ -63,7 +63,10 @@ def evaluate(task, folder: Path, model, tokenizer, transform, device: str, batch
         raise ValueError(f"{folder}: no samples in its test shards")
     pred = logits.argmax(axis=1).cpu()
     target = target.cpu()
-    acc1, acc5 = zsc.accuracy(logits, target, topk=(1, 5)) if len(classes) >= 5 else (*zsc.accuracy(logits, target), None)
+    if len(classes) >= 5:
+        acc1, acc5 = zsc.accuracy(logits, target, topk=(1, 5))
+    else:
+        acc1, acc5 = zsc.accuracy(logits, target, topk=(1,))[0], None
     metrics = {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": float(balanced_accuracy_score(target, pred))}
     if group_metrics is not None:
         metrics.update(group_metrics(logits, target, torch.cat(metadata)))
@@ -87,7 +90,11 @@ def _iwildcam(logits, target, metadata) -> dict:
     recall = recall_score(target.numpy(), pred, average="macro", labels=labels)
     f1 = f1_score(target.numpy(), pred, average="macro", labels=labels)
     # WILDS returns sklearn's scores as torch.tensor(score): float32
-    return {"acc_avg": correct.mean().item(), "recall-macro_all": float(np.float32(recall)), "F1-macro_all": float(np.float32(f1))}
+    return {
+        "acc_avg": correct.mean().item(),
+        "recall-macro_all": float(np.float32(recall)),
+        "F1-macro_all": float(np.float32(f1)),
+    }
 
 
 def _worst_group(name: str, column: int, top: int = 1):
@@ -97,7 +104,8 @@ def _worst_group(name: str, column: int, top: int = 1):
         # DataComp's predictions: the argmax (which breaks ties as topk may not), or topk's indices
         predicted = logits.argmax(axis=1, keepdim=True) if top == 1 else torch.topk(logits, top, dim=1).indices
         correct = (predicted == target.unsqueeze(-1)).any(-1).float()
-        return {f"{name}_avg": correct.mean().item(), f"{name}_wg": group_means(correct, metadata[:, column]).min().item()}
+        worst = group_means(correct, metadata[:, column]).min()
+        return {f"{name}_avg": correct.mean().item(), f"{name}_wg": worst.item()}
 
     return metrics
 

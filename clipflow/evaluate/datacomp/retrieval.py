@@ -30,7 +30,10 @@ def retrieval(task, hf_cache, model, tokenizer, transform, device: str, batch_si
     from clip_benchmark.datasets.builder import image_captions_collate_fn
     from clip_benchmark.metrics import zeroshot_retrieval as zsr
 
-    rows = _Rows(read_table(hf_cache, task.hub_name), lambda row: (transform(decode_image(row["image"])), row["caption"]))
+    def pair(row):
+        return transform(decode_image(row["image"])), row["caption"]
+
+    rows = _Rows(read_table(hf_cache, task.hub_name), pair)
     dataloader = torch.utils.data.DataLoader(
         rows, batch_size=batch_size, shuffle=False, num_workers=WORKERS, collate_fn=image_captions_collate_fn
     )

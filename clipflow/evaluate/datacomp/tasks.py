@@ -104,12 +104,22 @@ def missing(data_dir: Path | str) -> list[Task]:
     for task in TASKS:
         location = task.location(data_dir)
         if task.kind == CLASSIFICATION:
-            found = (location / "test" / "nshards.txt").is_file() and (location / "classnames.txt").is_file()
+            found = all(path.is_file() and path.stat().st_size > 0 for path in webdataset_files(location))
         else:
             found = bool(arrow_files(location, task.hub_name))
         if not found:
             absent.append(task)
     return absent
+
+
+def webdataset_files(folder: Path) -> list[Path]:
+    """A webdataset set's files, as download_evalsets.py fetches them: its texts, and the tars nshards.txt counts."""
+    files = [folder / "classnames.txt", folder / "zeroshot_classification_templates.txt", folder / "test/nshards.txt"]
+    try:
+        shards = int(files[-1].read_text())
+    except (OSError, ValueError):
+        return files
+    return files + [folder / "test" / f"{number}.tar" for number in range(shards)]
 
 
 def summary(main_metrics: dict[str, float]) -> dict[str, float]:

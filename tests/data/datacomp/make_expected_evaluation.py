@@ -59,7 +59,8 @@ def main() -> None:
     runner = (
         "import open_clip, runpy, sys;"
         f"open_clip.add_model_config({str(datacomp_evalsets.MODEL_CONFIG)!r});"
-        f"sys.argv = ['evaluate.py'] + sys.argv[1:]; runpy.run_path({str(DATACOMP / 'evaluate.py')!r}, run_name='__main__')"
+        "sys.argv = ['evaluate.py'] + sys.argv[1:];"
+        f"runpy.run_path({str(DATACOMP / 'evaluate.py')!r}, run_name='__main__')"
     )
     arguments = ["--train_output_dir", str(work / "out"), "--data_dir", str(work / "sets"), "--batch_size", "64"]
     arguments += ["--use_model", f"{datacomp_evalsets.MODEL} {work / 'checkpoint.pt'}"]

@@ -115,13 +115,16 @@ def grouped_label(key: str, metadata: np.ndarray, predicted: int, classes: int, 
     return label
 
 
-def write_hf_table(hf_cache: Path, hub_name: str, table: pa.Table, features: dict) -> None:
-    """`table` as datasets' cache holds a hub data set's test split (what load_dataset reads back offline)."""
+def write_hf_table(hf_cache: Path, hub_name: str, table: pa.Table, features: dict, old_layout=False) -> None:
+    """`table` as datasets' cache holds a hub data set's test split (what load_dataset reads back offline); in
+    datasets 2.8's layout if `old_layout`."""
     namespace, name = hub_name.split("/")
-    folder = hf_cache / f"{namespace}___{name}/default/0.0.0/0123456789abcdef0123456789abcdef01234567"
+    folder, prefix = hf_cache / f"{namespace}___{name}/default/0.0.0/0123456789abcdef0123456789abcdef01234567", name
+    if old_layout:
+        folder, prefix = hf_cache / f"{namespace}___parquet/{namespace}--{name}-0123abcd/0.0.0/4567ef", "parquet"
     folder.mkdir(parents=True)
     schema = table.schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
-    with pa.OSFile(str(folder / f"{name}-test.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+    with pa.OSFile(str(folder / f"{prefix}-test.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         writer.write_table(table.cast(schema))
     info = {
         "features": features,

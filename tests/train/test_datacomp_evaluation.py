@@ -8,12 +8,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from clipflow.errors import ClipflowError
 from clipflow.evaluate import datacomp
+from clipflow.evaluate.datacomp.hf_cache import arrow_files, read_table
 from clipflow.evaluate.datacomp.tasks import SUMMARY, TASKS
-from datacomp_evalsets import MODEL, MODEL_CONFIG, write_checkpoint, write_evalsets
+from datacomp_evalsets import MODEL, MODEL_CONFIG, write_checkpoint, write_evalsets, write_hf_table
 
 EXPECTED = Path(__file__).parents[1] / "data/datacomp"
 
@@ -73,3 +75,14 @@ def test_a_missing_evaluation_set_is_refused_naming_it_and_how_to_fetch_it(evals
     with pytest.raises(ClipflowError, match=named) as error:
         datacomp.evaluate(MODEL, evalsets / "checkpoint.pt", sets, MODEL_CONFIG, device="cpu")
     assert "download_evalsets.py" in str(error.value)
+
+
+def test_hugging_face_sets_are_read_from_the_cache_of_datasets_2_8_too(tmp_path):
+    """DataComp's environment (datasets 2.8) cached a hub data set under its parquet builder's name."""
+    table = pa.table({"caption": pa.array([["a dog", "A DOG"], ["猫"]], pa.list_(pa.string()))})
+    for layout, old in (("new", False), ("old", True)):
+        write_hf_table(tmp_path / layout, "nlphuji/mscoco_2014_5k_test_image_text_retrieval", table, {}, old)
+    old = read_table(tmp_path / "old", "nlphuji/mscoco_2014_5k_test_image_text_retrieval")
+    assert old.equals(read_table(tmp_path / "new", "nlphuji/mscoco_2014_5k_test_image_text_retrieval"))
+    assert old.column("caption").to_pylist() == [["a dog", "A DOG"], ["猫"]]
+    assert not arrow_files(tmp_path / "old", "nlphuji/mscoco_2014_5k")  # another data set's name is not a prefix

@@ -68,14 +68,36 @@ def _serve(args) -> None:
 
 
 def _verify(args) -> None:
+    from clipflow.index.folder import MODALITIES, infos_path
     from clipflow.shards import verify_folder
 
-    damaged, checked = verify_folder(args.shards, remove=args.remove_damaged)
+    if any(infos_path(args.folder, modality).exists() for modality in MODALITIES):
+        _verify_index(args.folder, args.remove_damaged)
+        return
+    damaged, checked = verify_folder(args.folder, remove=args.remove_damaged)
     for shard, why in damaged.items():
         print(f"{shard}: damaged, {why}" + (" (removed)" if args.remove_damaged else ""))
-    print(f"{checked} complete shards checked in {args.shards}: {len(damaged)} damaged")
+    print(f"{checked} complete shards checked in {args.folder}: {len(damaged)} damaged")
     if damaged and not args.remove_damaged:
         print("clipflow verify --remove-damaged removes them; the next workflow run downloads them again")
+    if damaged:
+        sys.exit(1)
+
+
+def _verify_index(folder, remove: bool) -> None:
+    """An index folder's files against the sizes and sha256 its merges recorded; with `remove`, a damaged
+    index's record goes, so that the next run builds it again."""
+    from clipflow.index.folder import MODALITIES, index_damage, infos_path
+
+    damaged = {modality: index_damage(folder, modality, deep=True) for modality in MODALITIES}
+    damaged = {modality: problems for modality, problems in damaged.items() if problems}
+    for modality, problems in damaged.items():
+        print(f"{modality} index: damaged, {'; '.join(problems)}" + (" (record removed)" if remove else ""))
+        if remove:
+            infos_path(folder, modality).unlink()
+    print(f"{len(MODALITIES)} indices checked in {folder}: {len(damaged)} damaged")
+    if damaged and not remove:
+        print("clipflow verify --remove-damaged removes their records; the next workflow run builds them again")
     if damaged:
         sys.exit(1)
 
@@ -138,10 +160,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     serve.set_defaults(run=_serve)
 
-    verify = commands.add_parser("verify", help="check every shard's tar against its recorded size, sha256 and count")
-    verify.add_argument("shards", nargs="?", default="results/shards", help="a folder of shards")
+    verify = commands.add_parser(
+        "verify", help="check every shard's tar, or an index folder's files, against their recorded sizes and sha256"
+    )
+    verify.add_argument("folder", nargs="?", default="results/shards", help="a folder of shards, or an index folder")
     verify.add_argument(
-        "--remove-damaged", action="store_true", help="remove damaged shards, so that the next run writes them again"
+        "--remove-damaged",
+        action="store_true",
+        help="remove damaged shards (or a damaged index's record), so that the next run writes them again",
     )
     verify.set_defaults(run=_verify)
 

@@ -28,10 +28,11 @@ def consecutive(shards: list[str], size: int) -> dict[str, list[str]]:
     return {shards[i]: shards[i : i + size] for i in range(0, len(shards), size)}
 
 
-def reopen_incomplete(records: dict[str, list[Path]]) -> list[str]:
+def reopen_incomplete(records: dict[str, list[Path]], beside: bool = False) -> list[str]:
     """Remove each record (a job's proof of completion) whose files are not all there, or not of the sizes it
-    lists (`file_sizes`, relative to the folder above the record's), so that its job runs again; returns the
-    records removed. Each folder is listed once: at scale there are ~100k files."""
+    lists (`file_sizes`, relative to the folder above the record's, or with `beside` to the record's own), so
+    that its job runs again; returns the records removed. Each folder is listed once: at scale there are ~100k
+    files."""
     listings: dict[Path, dict[str, os.DirEntry]] = {}
 
     def entry(path: Path) -> os.DirEntry | None:
@@ -44,7 +45,7 @@ def reopen_incomplete(records: dict[str, list[Path]]) -> list[str]:
         if not os.path.exists(record):
             continue
         sizes = json.loads(Path(record).read_text()).get("file_sizes", {})
-        root = Path(record).parent.parent
+        root = Path(record).parent if beside else Path(record).parent.parent
         problems = []
         for path in map(Path, files):
             found = entry(path)

@@ -112,6 +112,17 @@ if workflow.is_main_process:
             for chunk, shards in CHUNKS.items()
         }
     )
+    # The merged indices: their infos list the sizes of the .index and the mapped .ivfdata.
+    reopen_incomplete(
+        {
+            f"{INDEX_DIR}/{modality}.infos.json": [
+                f"{INDEX_DIR}/{modality}.index",
+                f"{INDEX_DIR}/{modality}.ivfdata",
+            ]
+            for modality in ("image", "text")
+        },
+        beside=True,
+    )
 
 
 def settings(name):
@@ -299,6 +310,8 @@ def get_final_outputs():
         name=[
             "image.index",
             "text.index",
+            "image.infos.json",  # the merges' records: one removed at the start of a run rebuilds its index
+            "text.infos.json",
             "metadata.arrow",
             "model.json",
             "image.vectors.json",

@@ -161,6 +161,7 @@ def merge_parts(
     params, p99 = ("", None) if trained_infos["exact"] else _tuned_params(index, trained_infos["index_key"], options)
     with files.replacing(index_path) as tmp:
         faiss.write_index(index, str(tmp))
+    written = [index_path, lists_path]
     infos = {
         **trained_infos,
         "index_param": params,
@@ -168,6 +169,9 @@ def merge_parts(
         "size": total,
         "parts": len(part_paths),
         "merge_seconds": time.perf_counter() - started,
+        # what the start of a run (sizes), ClipIndex (sizes) and clipflow verify (checksums) check them against
+        "file_sizes": files.sizes(written, index_path.parent),
+        "file_sha256": {path.name: files.sha256_file(path) for path in written},
     }
     files.write_json(infos_path, infos)
     log.info(

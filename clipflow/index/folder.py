@@ -10,6 +10,7 @@ candidates hold it.
 """
 
 import ctypes
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from clipflow.index.builder import without_read_ahead
 from clipflow.index.vectors import RERANK_FACTOR, StoredVectors
 
 MODALITIES = ("image", "text")
+REBUILD = "the next workflow run (snakemake) builds it again"
 RESULT_COLUMNS = ("uid", "url", "caption")
 
 
@@ -60,6 +62,40 @@ def _read_index(path: Path) -> faiss.Index:
     return index
 
 
+def infos_path(folder: Path | str, modality: str) -> Path:
+    return Path(folder) / f"{modality}.infos.json"
+
+
+def index_damage(folder: Path | str, modality: str, deep: bool = False) -> list[str]:
+    """What is wrong with a modality's index files by the record of them the merge wrote (their sizes, or with
+    `deep` their sha256 too); nothing is known of an index folder written before that record."""
+    record = infos_path(folder, modality)
+    if not record.exists():
+        return []
+    infos = json.loads(record.read_text())
+    problems = []
+    for name, size in infos.get("file_sizes", {}).items():
+        path = Path(folder) / name
+        if not path.exists():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != size:
+            problems.append(f"{path}: {path.stat().st_size} bytes, {size} were written")
+        elif deep and files.sha256_file(path) != infos["file_sha256"][name]:
+            problems.append(f"{path}: its sha256 is not the one written")
+    return problems
+
+
+def short_lists(index: faiss.Index) -> str | None:
+    """Whether the on-disk lists an index maps are shorter than it says (what a record cannot tell where there is
+    none: an index folder from before the records, or one whose record a run has just removed)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+    if not isinstance(lists, faiss.OnDiskInvertedLists):
+        return None
+    size = os.path.getsize(lists.filename) if os.path.exists(lists.filename) else 0
+    return f"{lists.filename}: {size} bytes, {lists.totsize} listed" if size < lists.totsize else None
+
+
 def is_exact(index: faiss.Index) -> bool:
     """A flat scan: one inverted list of full vectors (or a Flat index, as earlier versions wrote below exact_below)."""
     if isinstance(index, faiss.IndexFlat):
@@ -79,7 +115,10 @@ class ClipIndex:
             raise ClipflowError(
                 f"{self.folder}: not an index folder (missing {missing or 'the folder'}); run the workflow first"
             )
-        self.metadata = pa.ipc.open_file(pa.memory_map(str(self.folder / "metadata.arrow"))).read_all()
+        try:
+            self.metadata = pa.ipc.open_file(pa.memory_map(str(self.folder / "metadata.arrow"))).read_all()
+        except (pa.ArrowInvalid, OSError) as error:
+            raise ClipflowError(f"{self.folder / 'metadata.arrow'}: damaged ({error}); {REBUILD}") from None
         # Rows are fetched batch by batch: Table.take over many record batches costs ~40 ms at 1M rows.
         self._batches = self.metadata.to_batches()
         self._batch_starts = np.cumsum([0] + [batch.num_rows for batch in self._batches])
@@ -94,7 +133,19 @@ class ClipIndex:
             path = self.folder / f"{modality}.index"
             if not path.exists():
                 raise ClipflowError(f"{path}: no {modality} index in {self.folder}")
-            self._indices[modality] = _read_index(path)
+            # faiss maps the lists: a short file would kill the process (SIGBUS) at the first search
+            damage = index_damage(self.folder, modality)
+            if damage:
+                raise ClipflowError(f"damaged index: {'; '.join(damage)}; {REBUILD}")
+            try:
+                index = _read_index(path)
+            except RuntimeError as error:
+                why = str(error).splitlines()[-1]
+                raise ClipflowError(f"{path}: faiss cannot read it ({why}); {REBUILD}") from None
+            short = short_lists(index)
+            if short:
+                raise ClipflowError(f"damaged index: {short}; {REBUILD}")
+            self._indices[modality] = index
             if self._indices[modality].ntotal != self.metadata.num_rows:
                 raise ClipflowError(
                     f"{path}: {self._indices[modality].ntotal} vectors for {self.metadata.num_rows} metadata rows"

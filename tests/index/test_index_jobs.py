@@ -2,12 +2,14 @@
 index built from the same trained index, and, through Snakemake, a new input file that adds parts and keeps ids."""
 
 import json
+import os
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from clipflow.errors import ClipflowError
 from clipflow.index.builder import (
     add_part,
     ivfdata_path,
@@ -203,3 +205,30 @@ def test_outgrowing_the_training_trains_again(grown):
         + ["index_add[image]"] * 8
         + ["index_merge[image]", "list_index_parts[image]", "list_training_chunks"]
     )
+
+
+def test_a_short_lists_file_is_refused_by_name_without_a_record(tmp_path):
+    """The merge's record of its files' sizes may be gone (a run removes it to rebuild): the mapped lists are still
+    checked against the length the index gives them, so a search never reads past their end (SIGBUS)."""
+    vectors = unit_rows(500, 16, seed=3)
+    trained = faiss.index_factory(16, "IVF8,Flat", faiss.METRIC_INNER_PRODUCT)
+    trained.train(vectors.astype(np.float32))
+    faiss.write_index(trained, str(tmp_path / "trained.index"))
+    np.save(tmp_path / "0.npy", vectors)
+    add_part(tmp_path / "trained.index", [tmp_path / "0.npy"], tmp_path / "part.index")
+    (tmp_path / "trained.json").write_text(json.dumps({"index_key": "IVF8,Flat", "exact": True}))
+    folder = tmp_path / "index"
+    folder.mkdir()
+    parts = [tmp_path / "part.index"]
+    trained_files = tmp_path / "trained.index", tmp_path / "trained.json"
+    merge_parts(*trained_files, parts, folder / "image.index", folder / "image.infos.json", OPTIONS)
+    infos = json.loads((folder / "image.infos.json").read_text())
+    assert set(infos["file_sizes"]) == {"image.index", "image.ivfdata"} == set(infos["file_sha256"])
+    (folder / "image.infos.json").unlink()
+    with pa.OSFile(str(folder / "metadata.arrow"), "wb") as sink:
+        pa.ipc.new_file(sink, pa.schema([("uid", pa.string())])).close()
+    (folder / "model.json").write_text("{}")
+    lists = ivfdata_path(folder / "image.index")
+    os.truncate(lists, lists.stat().st_size - 1)
+    with pytest.raises(ClipflowError, match=rf"damaged index: {lists}: \d+ bytes, \d+ listed"):
+        ClipIndex(folder).index("image")

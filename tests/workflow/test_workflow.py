@@ -420,3 +420,26 @@ def test_killed_download_leaves_no_complete_shard(tmp_path, image_server):
     process.wait()
     assert not list((tmp_path / "results/shards").glob("00000000*")), "a killed download left shard files"
     assert "download_batch[00000000]" in jobs_in_dry_run(tmp_path)
+
+
+def test_a_truncated_index_is_refused_by_name_and_built_again(workflow_run):
+    workdir, _ = workflow_run
+    index = workdir / "results/index"
+    lists, text_index = index / "image.ivfdata", index / "text.index"
+    os.truncate(lists, lists.stat().st_size // 2)  # searched through a memory map: a bus error, unchecked
+    os.truncate(text_index, text_index.stat().st_size - 100)
+    query = clipflow_cli("query", "another good image", cwd=workdir)
+    assert query.returncode == 1 and "Traceback" not in query.stderr, query.stderr
+    assert f"damaged index: results/index/image.ivfdata: {lists.stat().st_size} bytes" in query.stderr
+    by_text = clipflow_cli("query", "another good image", "--modality", "text", cwd=workdir)
+    assert by_text.returncode == 1 and "Traceback" not in by_text.stderr
+    assert "results/index/text.index: " in by_text.stderr
+    verified = clipflow_cli("verify", str(index), cwd=workdir)
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert "image index: damaged" in verified.stdout and "text index: damaged" in verified.stdout
+    assert "2 indices checked" in verified.stdout
+    assert jobs_in_dry_run(workdir) == ["all", "index_merge[image]", "index_merge[text]", "summarize_benchmarks"]
+    run_snakemake(workdir, "--cores", "2")
+    assert jobs_in_dry_run(workdir) == []
+    assert clipflow_cli("verify", str(index), cwd=workdir).returncode == 0
+    assert clipflow_cli("query", "another good image", cwd=workdir).returncode == 0

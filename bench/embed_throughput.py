@@ -10,6 +10,7 @@ is one, and the model alone in the same process (encoders fed tensors already on
 
 import argparse
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -39,21 +40,26 @@ def _jpeg(seed: int) -> bytes:
 
 
 def write_shards(folder: Path, samples: int, shards: int) -> list[Path]:
-    import webdataset as wds
+    """Complete shards as the download step leaves them (tar, parquet, stats with the tar's record), which the
+    embedding step checks before it reads a tar."""
+    import pandas as pd
+
+    from clipflow.shards import shard_name, tar_path, write_shard
 
     folder.mkdir(parents=True, exist_ok=True)
     with Pool(os.cpu_count()) as pool:
         images = pool.map(_jpeg, range(samples), chunksize=256)
     per_shard = -(-samples // shards)
     tars = []
-    for shard in range(shards):
-        tar = folder / f"{shard:08d}.tar"
-        with wds.TarWriter(str(tar)) as writer:
-            for i in range(shard * per_shard, min(samples, (shard + 1) * per_shard)):
-                key = f"{shard:08d}{i:05d}"
-                meta = f'{{"uid": "{i:032x}", "url": "http://x/{i}.jpg", "caption": "{CAPTION.format(i)}", "key": "{key}"}}'
-                writer.write({"__key__": key, "jpg": images[i], "txt": CAPTION.format(i), "json": meta})
-        tars.append(tar)
+    for number in range(shards):
+        shard, tar_samples, rows = shard_name(number), [], []
+        for i in range(number * per_shard, min(samples, (number + 1) * per_shard)):
+            caption, key = CAPTION.format(i), f"{shard}{i:05d}"
+            meta = {"uid": f"{i:032x}", "url": f"http://x/{i}.jpg", "caption": caption, "key": key}
+            tar_samples.append({"__key__": key, "jpg": images[i], "txt": caption, "json": json.dumps(meta)})
+            rows.append({**meta, "status": "success", "error_message": None})
+        write_shard(folder, shard, tar_samples, pd.DataFrame(rows), {"count": len(rows), "successes": len(rows)})
+        tars.append(tar_path(folder, shard))
     return tars
 
 

@@ -2,7 +2,7 @@
 
 Starts the server on 127.0.0.1 over two indices: the demo index the workflow wrote (`results/index`,
 ViT-B-32, so a ViT-B-32-sized text tower encodes the text queries) and a synthetic index of
-`--vectors` clustered 512-d embeddings built by the workflow's own index builder (autofaiss above
+`--vectors` clustered embeddings (of the demo model's width) built by the workflow's own index builder (autofaiss above
 `exact_below`). Then `--clients` concurrent clients send queries for `--seconds` each round. Client
 and server share this machine's cores, so the figures are a lower bound for the server alone.
 
@@ -35,17 +35,24 @@ WORDS = "red green blue small large old new bright dark striped dotted round squ
 THINGS = "dog cat car house tree circle star boat bird flower street field".split()
 
 
+def model_width(manifest: Path) -> int:
+    import open_clip
+
+    return open_clip.get_model_config(json.loads(manifest.read_text())["model"])["embed_dim"]
+
+
 def synthetic_index(folder: Path, count: int, manifest: Path, memory: str) -> None:
     """`count` unit vectors around 1,000 centres (real embeddings cluster; uniform noise would not)."""
+    width = model_width(manifest)
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / "image.index").exists():
         return
     rng = np.random.default_rng(0)
-    centres = rng.standard_normal((1000, 512)).astype(np.float32)
-    vectors = np.empty((count, 512), np.float16)
+    centres = rng.standard_normal((1000, width)).astype(np.float32)
+    vectors = np.empty((count, width), np.float16)
     for start in range(0, count, 100_000):
         size = min(100_000, count - start)
-        part = centres[rng.integers(0, 1000, size)] + 0.6 * rng.standard_normal((size, 512)).astype(np.float32)
+        part = centres[rng.integers(0, 1000, size)] + 0.6 * rng.standard_normal((size, width)).astype(np.float32)
         vectors[start : start + size] = part / np.linalg.norm(part, axis=1, keepdims=True)
     np.save(folder / "vectors.npy", vectors)
     ids = np.arange(count).astype(str).astype(object)
@@ -166,10 +173,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    demo = Path(args.demo_index)
+    demo = Path(args.demo_index).resolve()  # indices.json names folders relative to itself
     if not (demo / "model.json").exists():
         raise SystemExit(f"{demo}: no index; run the demo workflow first (see README)")
-    synthetic = Path(args.cache) / f"synthetic-{args.vectors}"
+    synthetic = Path(args.cache) / f"synthetic-{args.vectors}-{model_width(demo / 'model.json')}"
     synthetic_index(synthetic, args.vectors, demo / "model.json", args.index_memory)
     indices = Path(args.cache) / "indices.json"
     synthetic_entry = {"index": str(synthetic), **({"search_params": args.search_params} if args.search_params else {})}
@@ -204,7 +211,7 @@ def main() -> None:
         for index in ("demo", "synthetic"):
             for kind in ("text", "embedding"):
                 for clients in args.clients:
-                    make_body = text_body(index, clients) if kind == "text" else embedding_body(index, 512)
+                    make_body = text_body(index, clients) if kind == "text" else embedding_body(index, model_width(demo / "model.json"))
                     cpu_before, counters_before = cpu_seconds(server.pid), batch_counters(url)
                     row = asyncio.run(drive(url, make_body, clients, args.seconds))
                     cpu_ms = (cpu_seconds(server.pid) - cpu_before) * 1000 / max(row["queries"], 1)

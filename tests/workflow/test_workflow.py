@@ -443,3 +443,23 @@ def test_a_truncated_index_is_refused_by_name_and_built_again(workflow_run):
     assert jobs_in_dry_run(workdir) == []
     assert clipflow_cli("verify", str(index), cwd=workdir).returncode == 0
     assert clipflow_cli("query", "another good image", cwd=workdir).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "script, arguments, figures",
+    [
+        ("embed_index.py", ["--sizes", "2000", "--queries", "10", "--model", "ViT-S-32", "--config", "config.yaml"],
+         "samples/s"),
+        ("serve_load.py", ["--demo-index", "results/index", "--vectors", "2000", "--clients", "1", "--seconds", "1"],
+         "q/s"),
+    ],
+)  # fmt: skip
+def test_the_benchmarks_of_the_demo_run_run_on_it(workflow_run, script, arguments, figures, tmp_path):
+    """tests/test_benchmarks.py runs the other benchmarks; these two read a finished run's shards and index."""
+    workdir, _ = workflow_run
+    if script == "serve_load.py":
+        arguments = [*arguments, "--cache", str(tmp_path)]
+    command = [sys.executable, str(REPO / "bench" / script), *arguments]
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert figures in result.stdout, result.stdout

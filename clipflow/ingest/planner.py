@@ -356,6 +356,14 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
             count["planned"] = count["rows"] - count["duplicates"] - count["invalid"]
         # Each group's planned rows start where the previous group's end: it can cut its shards on its own.
         new_rows = sum(count["planned"] for count in counts)
+        if new_rows == 0 and not state["shards"]:  # no shard at all: every later step would have nothing to do
+            remove_tree(work)
+            rows, invalid, repeated = (sum(count[key] for count in counts) for key in ("rows", "invalid", "duplicates"))
+            raise ClipflowError(
+                f"input.paths: none of the {rows:,} rows of {[s.path for s in sources]} can be downloaded: {invalid:,}"
+                f" have no URL clipflow fetches in column {columns.url!r} (empty, no host, or a scheme other than"
+                f" http and https), {repeated:,} repeat an earlier (url, caption)"
+            )
         first_id, size = len(state["shards"]), settings["samples_per_shard"]
         cutters, start = [], 0
         for group in group_counts:

@@ -284,3 +284,13 @@ def test_a_verbatim_plan_keeps_every_row_as_given(tmp_path):
     default = make_plan(config([str(path)], uid_col="uid"), tmp_path / "default")
     assert default.totals() == {"rows": 5, "duplicates": 1, "invalid": 3, "planned": 1}
     assert "verbatim" not in default.state["settings"]  # plans made before the setting existed stay valid
+
+
+def test_an_input_without_a_fetchable_url_is_refused_before_any_job(tmp_path):
+    pd.DataFrame({"url": [None, None, "ftp://h/1.jpg", ""], "caption": ["a", "b", "c", "d"]}).to_parquet(
+        tmp_path / "nulls.parquet"
+    )
+    message = r"none of the 4 rows of .*nulls\.parquet.* can be downloaded: 4 have no URL .* in column 'url'"
+    with pytest.raises(ClipflowError, match=message):
+        make_plan(config([str(tmp_path / "nulls.parquet")]), tmp_path / "plan")
+    assert not (tmp_path / "plan/state.json").exists()

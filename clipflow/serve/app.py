@@ -91,7 +91,7 @@ class Service:
     async def _json(self, request) -> dict:
         try:
             body = await request.json(loads=json.loads)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (ValueError, UnicodeDecodeError) as error:  # ValueError: also integers over Python's 4,300 digits
             raise RequestError("body", f"malformed JSON: {error}") from None
         except RecursionError:
             raise RequestError("body", "JSON nested too deeply") from None
@@ -139,8 +139,11 @@ class Service:
 
     async def image(self, request):
         served = self.indices.get(request.match_info["index"])
+        number = request.match_info["id"]
+        if not number.isdigit() or len(number) > 19:  # an int64 row id
+            raise web.HTTPNotFound(reason="no such image (the id is not a row number)")
         try:
-            data = served and await asyncio.to_thread(served.image_bytes, int(request.match_info["id"]))
+            data = served and await asyncio.to_thread(served.image_bytes, int(number))
         except DamagedShard as error:
             log.error("%s", error)  # the operator's to repair; the client gets a plain 503
             raise web.HTTPServiceUnavailable(reason="the shard holding this image is damaged") from None
@@ -254,7 +257,10 @@ class Service:
                 raise RequestError(
                     "embedding_input", f"embedding_input has {len(vector)} values, the index {encoder.dim}"
                 )
-            vector = np.asarray(vector, dtype=np.float32)
+            try:
+                vector = np.asarray(vector, dtype=np.float32)
+            except OverflowError:
+                raise RequestError("embedding_input", "embedding_input holds a number too large for float32") from None
             norm = float(np.linalg.norm(vector))
             if not np.isfinite(norm) or norm == 0:
                 raise RequestError("embedding_input", "embedding_input must be finite and not all zero")
@@ -277,7 +283,7 @@ def _optional_number(body: dict, option: str, kind: type, low: float, high: floa
         return None
     try:
         number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond float's range, such as 10**400
         number = None
     if number is None or not low <= number <= high or (kind is int and not number.is_integer()):
         wanted = "an integer" if kind is int else "a number"

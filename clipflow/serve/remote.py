@@ -54,7 +54,11 @@ class RemoteImages:
                 connector=TCPConnector(resolver=resolver), timeout=ClientTimeout(total=self.timeout)
             )
         for _ in range(6):
-            parsed = URL(url)
+            try:
+                parsed = URL(url)
+                parsed.port  # noqa: B018 - yarl checks the port (0 to 65535) only when it is read
+            except ValueError as error:
+                raise RequestError("image_url", f"image_url is not a URL ({error}): {url[:200]!r}") from None
             if parsed.scheme not in ("http", "https") or not parsed.host:
                 raise RequestError("image_url", f"image_url must be an http(s) URL, not {url!r}")
             ip = _literal_ip(parsed.host)

@@ -320,6 +320,24 @@ def test_any_json_type_in_any_field_is_answered_without_a_500(server):
             assert status == 200 or (400 <= status < 500 and answer["field"]), (field, value, status, answer)
 
 
+def test_huge_numbers_and_malformed_urls_are_4xx_naming_the_field(server):
+    """Integers past Python's 4,300-digit parsing limit or past float's range, and URLs yarl cannot parse."""
+    huge = b"1" + b"0" * 5000
+    status, answer = server.request("/knn-service", raw=b'{"text": "x", "num_images": ' + huge + b"}")
+    assert (status, answer["field"]) == (400, "body"), answer
+    for field in ("aesthetic_score", "aesthetic_weight"):
+        status, answer = server.knn(**{"text": "x", "indice_name": "demo", "aesthetic_score": 9, field: 10**400})
+        assert (status, answer["field"]) == (400, field), answer
+    status, answer = server.knn(embedding_input=[10**400] + [0.1] * 383)
+    assert (status, answer["field"]) == (400, "embedding_input"), answer
+    for url in ("http://[::1", "http://example.com:70000/a.jpg"):
+        status, answer = server.knn(image_url=url)
+        assert (status, answer["field"]) == (400, "image_url"), (url, answer)
+    assert server.request("/images/demo/" + "9" * 5000 + ".jpg")[0] == 404
+    assert server.request("/images/demo/" + "9" * 19 + ".jpg")[0] == 404
+    assert "Traceback" not in server.log_text()
+
+
 def test_deeply_nested_json_is_a_400(server):
     status, answer = server.request("/knn-service", raw=b"[" * 100_000 + b"]" * 100_000)
     assert (status, answer["field"]) == (400, "body") and "nested" in answer["error"]

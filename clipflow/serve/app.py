@@ -35,6 +35,9 @@ IGNORED_HEADER = "X-Clipflow-Ignored-Options"
 DEFAULT_AESTHETIC_WEIGHT = 0.5  # ClipClient's, for a score sent without a weight
 
 
+CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first, for the metrics
+
+
 class Service:
     def __init__(self, indices: dict[str, ServedIndex], limits: Limits):
         self.indices, self.limits = indices, limits
@@ -80,6 +83,9 @@ class Service:
             response = web.json_response({"error": message, "field": None}, status=404)
         except web.HTTPException as error:
             response = web.json_response({"error": error.reason, "field": None}, status=error.status)
+        except ConnectionResetError as error:  # the client went away: nobody to answer, nothing wrong here
+            log.info("%s %s: the client closed the connection (%s)", request.method, request.path, error)
+            response = web.Response(status=CLIENT_CLOSED)
         except Exception:
             log.exception("error answering %s", request.path)
             response = web.json_response({"error": "internal error, see the server log", "field": None}, status=500)

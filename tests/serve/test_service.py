@@ -401,6 +401,7 @@ def test_search_params_tune_an_approximate_index(indices, tmp_path):
     ivf.add(vectors)
     for modality in ("image", "text"):
         faiss.write_index(ivf, str(folder / f"{modality}.index"))
+        (folder / f"{modality}.infos.json").unlink()  # the merge's record of the flat index's files
     spec = tmp_path / "indices.json"
     spec.write_text(json.dumps({"ivf": {"index": "ivf", "search_params": "nprobe=3"}}))
     served = load_indices(spec, Limits())
@@ -408,3 +409,18 @@ def test_search_params_tune_an_approximate_index(indices, tmp_path):
     spec.write_text(json.dumps({"ivf": {"index": "ivf", "search_params": "nprobes=3"}}))
     with pytest.raises(ClipflowError, match="index 'ivf': search_params 'nprobes=3'"):
         load_indices(spec, Limits())
+
+
+def test_a_client_that_goes_away_mid_body_is_not_a_server_error(server):
+    import socket
+
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.sendall(b"POST /knn-service HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            client.sendall(b'Content-Length: 1000\r\n\r\n{"text": "a cat')  # then gone, the body unsent
+    time.sleep(1)
+    status, metrics = server.request("/metrics")
+    assert 'endpoint="/knn-service",status="500"' not in metrics.decode()
+    assert 'clipflow_requests_total{endpoint="/knn-service",status="499"} 3.0' in metrics.decode()  # nginx's
+    assert "Traceback" not in server.log_text() and "the client closed the connection" in server.log_text()
+    assert server.knn(text="still answering")[0] == 200

@@ -51,16 +51,21 @@ def evaluate(task, folder: Path, model, tokenizer, transform, device: str, batch
     classes, templates = lines(folder / "classnames.txt"), lines(folder / "zeroshot_classification_templates.txt")
     classifier = zsc.zero_shot_classifier(model, tokenizer, classes, templates, device, amp=device == "cuda")
     group_metrics = GROUP_METRICS.get(task.key)
-    metadata = []
+    metadata, batches = [], 0
 
     def images_and_classes():
+        nonlocal batches
         for images, targets, *rest in loader(folder, transform, batch_size, group_metrics is not None):
             metadata.extend(rest)
+            batches += 1
             yield images, targets
 
-    logits, target = zsc.run_classification(model, classifier, images_and_classes(), device, amp=False)
-    if len(target) == 0:
-        raise ValueError(f"{folder}: no samples in its test shards")
+    try:
+        logits, target = zsc.run_classification(model, classifier, images_and_classes(), device, amp=False)
+    except RuntimeError:
+        if batches:
+            raise
+        raise ValueError(f"{folder}: no samples in its test shards") from None  # torch.cat of no batches
     pred = logits.argmax(axis=1).cpu()
     target = target.cpu()
     if len(classes) >= 5:

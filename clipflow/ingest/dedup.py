@@ -1,4 +1,4 @@
-"""Exact deduplication on (url, caption) keys with memory bounded by one hash bucket.
+"""Exact deduplication on (url, caption) keys, and of given uids, with memory bounded by one hash bucket.
 
 Keys are spilled to disk by their first byte (256 buckets); each bucket is then deduplicated alone
 against the keys of everything planned before. DataComp-small (12.8M rows) holds ~50k keys a bucket,
@@ -81,9 +81,10 @@ class KeyStore:
 
 
 def _first_occurrences(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(keys, return_index=True) for keys in input order, in less time: the keys are sorted as integers
-    on their first 8 bytes (stably, so the first of equal keys is its first occurrence), and on all 16 only when
-    two different keys share those 8 bytes (md5 digests: about once in 2^64 pairs)."""
+    """np.unique(keys, return_index=True) (the sorted distinct keys, each one's first place) for keys in input
+    order, in less time: the keys are sorted as integers on their first 8 bytes (stably, so the first of equal
+    keys is its first occurrence), and on all 16 only when two different keys share those 8 bytes (md5 digests:
+    about once in 2^64 pairs)."""
     halves = np.ascontiguousarray(keys).view(">u8").astype(np.uint64)  # byte order is key order
     high, low = halves[0::2], halves[1::2]
     order = np.argsort(high, kind="stable")
@@ -96,8 +97,12 @@ def _first_occurrences(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys[order[starts]], order[starts]
 
 
-def deduplicate(buckets: range, spills: list[KeySpill], previous: KeyStore, updated_folder: Path) -> np.ndarray:
-    """Sorted sequence numbers of spilled rows in `buckets` that repeat an earlier key, new or previously planned.
+def deduplicate(
+    buckets: range, spills: list[KeySpill], previous: KeyStore, updated_folder: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """(repeats, firsts): the sorted sequence numbers of spilled rows in `buckets` that repeat an earlier key,
+    new or previously planned, and for each the sequence number of the row it repeats (-1: a row of an earlier
+    plan).
 
     `spills` are in input order. Writes the previous keys plus the new distinct ones to `updated_folder`;
     `previous` is left untouched so that an interrupted plan never corrupts it. Buckets are independent, so
@@ -105,7 +110,7 @@ def deduplicate(buckets: range, spills: list[KeySpill], previous: KeyStore, upda
     """
     updated_folder = Path(updated_folder)
     updated_folder.mkdir(parents=True, exist_ok=True)
-    duplicates = []
+    repeats, firsts = [], []
     for bucket, *spilled in zip(buckets, *(spill.buckets(buckets) for spill in spills)):
         keys = np.concatenate([keys for keys, _ in spilled] or [np.empty(0, KEY_DTYPE)])
         seqs = np.concatenate([seqs for _, seqs in spilled] or [np.empty(0, np.int64)])
@@ -120,10 +125,16 @@ def deduplicate(buckets: range, spills: list[KeySpill], previous: KeyStore, upda
         planned_before = np.isin(distinct, known)
         repeated = np.ones(len(keys), dtype=bool)
         repeated[first[~planned_before]] = False
-        duplicates.append(seqs[repeated])
+        repeats.append(seqs[repeated])
+        of_key = np.searchsorted(distinct, keys[repeated])  # the distinct keys are sorted
+        firsts.append(np.where(planned_before[of_key], -1, seqs[first[of_key]]))
         unseen = distinct[~planned_before]
         np.save(target, np.sort(np.concatenate([known, unseen])) if len(known) else unseen)
-    return np.sort(np.concatenate(duplicates)) if duplicates else np.empty(0, np.int64)
+    if not repeats:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    repeats, firsts = np.concatenate(repeats), np.concatenate(firsts)
+    order = np.argsort(repeats)
+    return repeats[order], firsts[order]
 
 
 def remove_tree(folder: Path) -> None:

@@ -18,6 +18,11 @@ Layout under the plan folder:
   shards/NNNNNNNN.parquet    the rows of each shard: url, caption, uid, kept columns, source, source_row
   dropped/NNNNN.parquet      rows of source NNNNN not planned, with state duplicate or invalid and the reason
   keys-GEN/                  the key store: every planned row's (url, caption) key, by bucket
+  uids-GEN/                  with input.uid_col: the key of every planned row's uid, by bucket
+
+A uid names one row (in subsets, shards and the index), so a row whose given uid repeats one planned before it
+is not planned: it is dropped as a duplicate with a reason that names the row it repeats, or, with
+input.verbatim (a DataComp pool, whose uids are unique), the plan is refused, naming both rows and the uid.
 """
 
 import json
@@ -38,6 +43,7 @@ import pyarrow.parquet as pq
 from clipflow import files
 from clipflow.errors import ClipflowError
 from clipflow.ingest.dedup import BUCKETS, KeySpill, KeyStore, deduplicate, remove_tree
+from clipflow.ingest.keys import KEY_DTYPE, uid_keys
 from clipflow.ingest.reader import Columns, Source, content_hash, find_sources, read_batches
 from clipflow.ingest.urls import url_problems
 from clipflow.shards import shard_name
@@ -121,20 +127,30 @@ def _invalid_path(work: Path, index: int) -> Path:
 
 def _ingest(task: int, group: list[tuple[int, Source]], columns: Columns, work: Path) -> list[dict]:
     """Pass 1 over a group of files: stage each file's normalized rows and the reasons of its invalid ones, and
-    spill the keys of its valid rows; returns each file's row counts."""
+    spill the keys of its valid rows; returns each file's row counts. Given uids' keys are spilled too in a
+    verbatim plan, and otherwise staged, to be spilled once the (url, caption) duplicates are known."""
     spill = KeySpill(work / "spill" / f"{task:05d}")
+    uid_spill = KeySpill(work / "uid-spill" / f"{task:05d}") if columns.uid and columns.verbatim else None
     counts = []
     for index, source in group:
         log.info("ingesting %s", source.path)
         writer, schema, rows, invalid = None, None, 0, {}
+        staged_uids = open(_staged_uids_path(work, index), "wb") if columns.uid and not columns.verbatim else None
         for batch, keys in read_batches(source, columns):
             source_rows = batch["source_row"].to_numpy()
             # Verbatim: every row is planned; the download leaves the URLs it does not fetch, accounting for them.
             problems = {} if columns.verbatim else url_problems(batch["url"].combine_chunks())
             valid = np.ones(batch.num_rows, dtype=bool)
             valid[list(problems)] = False
+            seqs = ((index << ROW_BITS) | source_rows)[valid]
             if not columns.verbatim:  # no (url, caption) deduplication: no keys to compare
-                spill.add(keys[valid], ((index << ROW_BITS) | source_rows)[valid])
+                spill.add(keys[valid], seqs)
+            if columns.uid:
+                given = uid_keys(batch["uid"].combine_chunks())[valid]
+                if uid_spill:
+                    uid_spill.add(given, seqs)
+                else:
+                    staged_uids.write(_uid_records(given, seqs).tobytes())
             invalid.update((int(source_rows[position]), reason) for position, reason in problems.items())
             if writer is None:
                 schema = batch.schema  # the first batch's types hold for the file (jsonl's may vary)
@@ -143,30 +159,109 @@ def _ingest(task: int, group: list[tuple[int, Source]], columns: Columns, work: 
             rows += batch.num_rows
         if writer:
             writer.close()
+        if staged_uids:
+            staged_uids.close()
         reasons = pa.table({"source_row": pa.array(list(invalid), pa.int64()), "reason": list(invalid.values())})
         files.write_parquet(reasons, _invalid_path(work, index))
         counts.append({"index": index, "rows": rows, "invalid": len(invalid), "sha256": content_hash(source.path)})
     spill.flush()
+    if uid_spill:
+        uid_spill.flush()
     return counts
 
 
+UID_RECORD = np.dtype([("key", KEY_DTYPE), ("seq", np.int64)])
+UID_RECORDS_READ = 1 << 20  # staged uid records read at a time: 24 MB
+
+
+def _staged_uids_path(work: Path, index: int) -> Path:
+    return work / "staged" / f"{index:05d}.uids"
+
+
+def _uid_records(keys: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+    records = np.empty(len(keys), UID_RECORD)
+    records["key"], records["seq"] = keys, seqs
+    return records
+
+
+def _spill_planned_uids(task: int, group: list[dict], duplicate_files: list[Path], work: Path) -> None:
+    """Pass 2a over a group of files: spill the staged uid keys of the rows that repeat no (url, caption), so
+    that only rows about to be planned claim a uid."""
+    spill = KeySpill(work / "uid-spill" / f"{task:05d}")
+    for source in group:
+        duplicates, _ = _duplicates_of(source["index"], duplicate_files)
+        path = _staged_uids_path(work, source["index"])
+        records = np.memmap(path, UID_RECORD, mode="r") if path.stat().st_size else np.empty(0, UID_RECORD)
+        for start in range(0, len(records), UID_RECORDS_READ):
+            chunk = np.asarray(records[start : start + UID_RECORDS_READ])
+            places = np.searchsorted(duplicates, chunk["seq"])
+            repeated = places < len(duplicates)
+            repeated[repeated] = duplicates[places[repeated]] == chunk["seq"][repeated]
+            spill.add(chunk["key"][~repeated], chunk["seq"][~repeated])
+        del records
+        path.unlink()
+    spill.flush()
+
+
 def _deduplicate(buckets: range, out: Path, spill_folders: list[Path], previous: Path | None, keys: Path) -> dict:
-    """Pass 2 over a range of key buckets: the sorted sequence numbers of their duplicate rows, saved to `out`;
-    returns how many of them each source holds."""
-    duplicates = deduplicate(buckets, [KeySpill(f) for f in spill_folders], KeyStore(previous), keys)
-    np.save(out, duplicates)
-    sources, counts = np.unique(duplicates >> ROW_BITS, return_counts=True)
+    """Pass 2 over a range of key buckets: the sorted sequence numbers of their repeated rows, saved to `out`,
+    and those of the rows they repeat, beside it; returns how many repeats each source holds."""
+    repeats, firsts = deduplicate(buckets, [KeySpill(f) for f in spill_folders], KeyStore(previous), keys)
+    np.save(out, repeats)
+    np.save(_firsts_path(out), firsts)
+    sources, counts = np.unique(repeats >> ROW_BITS, return_counts=True)
     return dict(zip(sources.tolist(), counts.tolist()))
 
 
-def _duplicates_of(index: int, duplicate_files: list[Path]) -> np.ndarray:
-    """The sorted sequence numbers of source `index`'s duplicate rows, from every bucket range's file."""
+def _firsts_path(repeats_path: Path) -> Path:
+    return repeats_path.with_suffix(".first.npy")
+
+
+def _duplicates_of(index: int, duplicate_files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted sequence numbers of source `index`'s repeated rows, from every bucket range's file, and those
+    of the rows they repeat."""
     low, high = index << ROW_BITS, (index + 1) << ROW_BITS
-    parts = []
+    parts, firsts = [], []
     for path in duplicate_files:
         seqs = np.load(path, mmap_mode="r")
-        parts.append(np.asarray(seqs[np.searchsorted(seqs, low) : np.searchsorted(seqs, high)]))
-    return np.sort(np.concatenate(parts))
+        span = slice(np.searchsorted(seqs, low), np.searchsorted(seqs, high))
+        parts.append(np.asarray(seqs[span]))
+        firsts.append(np.asarray(np.load(_firsts_path(path), mmap_mode="r")[span]))
+    seqs, firsts = np.concatenate(parts), np.concatenate(firsts)
+    order = np.argsort(seqs)
+    return seqs[order], firsts[order]
+
+
+def _staged_value(work: Path, index: int, row: int, column: str):
+    staged = pa.ipc.open_file(pa.memory_map(str(_staged_path(work, index))))
+    for number in range(staged.num_record_batches):
+        batch = staged.get_batch(number)
+        rows = batch["source_row"].to_numpy()
+        if rows[0] <= row <= rows[-1]:
+            return batch[column][int(np.searchsorted(rows, row))].as_py()
+    raise KeyError(row)
+
+
+def _repeated_uid_error(uid_files: list[Path], paths: list[str], uid_column: str, work: Path) -> ClipflowError:
+    """The refusal of a verbatim plan whose uids repeat, naming the first repeat, the row it repeats and the uid."""
+    repeats = [(int(seqs[0]), int(np.load(_firsts_path(path))[0]), len(seqs))
+               for path in uid_files if len(seqs := np.load(path))]
+    seq, first, _ = min(repeats)
+    mask = (1 << ROW_BITS) - 1
+    uid = _staged_value(work, seq >> ROW_BITS, seq & mask, "uid")
+    earlier = f"row {first & mask} of {paths[first >> ROW_BITS]}" if first >= 0 else "a row planned before"
+    return ClipflowError(
+        f"{paths[seq >> ROW_BITS]}: row {seq & mask} repeats the uid {uid!r} of {earlier} (column {uid_column!r});"
+        f" {sum(count for *_, count in repeats):,} rows in all repeat an earlier row's uid. With input.verbatim (a"
+        f" DataComp pool, whose uids are unique) every row is planned and a uid names one sample: correct the"
+        f" metadata, or set input.verbatim: false to drop the repeats"
+    )
+
+
+def _repeated_uid_reason(first: int, paths: list[str]) -> str:
+    if first < 0:
+        return "repeats the uid of a row planned before (input.uid_col)"
+    return f"repeats the uid of row {first & ((1 << ROW_BITS) - 1)} of {paths[first >> ROW_BITS]} (input.uid_col)"
 
 
 class _ShardCutter:
@@ -221,12 +316,16 @@ def _read_parquet(path: Path) -> pa.Table:
     return pq.ParquetFile(path).read()
 
 
-def _cut(group: list[dict], cutter: dict, duplicate_files: list[Path], folder: Path, work: Path) -> None:
+def _cut(
+    group: list[dict], cutter: dict, duplicate_files: list[Path], uid_files: list[Path], paths: list[str],
+    folder: Path, work: Path
+) -> None:
     """Pass 3 over a group of files: write each file's dropped rows, and its planned rows into shards."""
     shards = _ShardCutter(folder / "shards", work / "pieces", **cutter)
     for source in group:
         index, dropped = source["index"], []
-        duplicates = _duplicates_of(index, duplicate_files)
+        duplicates, _ = _duplicates_of(index, duplicate_files)
+        uid_repeats, uid_firsts = _duplicates_of(index, uid_files) if uid_files else (np.empty(0, np.int64),) * 2
         path = _staged_path(work, index)
         invalid_rows = _read_parquet(_invalid_path(work, index))
         invalid_row_numbers = invalid_rows["source_row"].to_numpy()
@@ -235,13 +334,19 @@ def _cut(group: list[dict], cutter: dict, duplicate_files: list[Path], folder: P
         for number in range(staged.num_record_batches if staged else 0):
             batch = pa.Table.from_batches([staged.get_batch(number)])
             rows = batch["source_row"].to_numpy()
+            seqs = (index << ROW_BITS) | rows
             invalid = np.isin(rows, invalid_row_numbers)
-            duplicate = np.isin((index << ROW_BITS) | rows, duplicates, assume_unique=True)
+            duplicate = np.isin(seqs, duplicates, assume_unique=True)
+            uid_repeat = np.isin(seqs, uid_repeats, assume_unique=True)
             batch = batch.add_column(batch.num_columns - 1, "source", pa.array(np.full(len(rows), index)))
-            drop = invalid | duplicate
+            drop = invalid | duplicate | uid_repeat
             if drop.any():
                 dropped_rows = rows[drop]
                 state = np.where(invalid[drop], "invalid", "duplicate")
+                reasons.update(
+                    (int(seq) & ((1 << ROW_BITS) - 1), _repeated_uid_reason(int(first), paths))
+                    for seq, first in zip(seqs[uid_repeat], uid_firsts[np.searchsorted(uid_repeats, seqs[uid_repeat])])
+                )
                 reason = [reasons.get(row, "repeats an earlier (url, caption)") for row in dropped_rows.tolist()]
                 dropped.append(
                     batch.filter(drop)
@@ -326,13 +431,16 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
     generation = state["key_generation"] + 1
     work = folder / f".work-{generation}"
     remove_tree(work)
-    for sub in ("staged", "invalid", "duplicates", "pieces"):
+    for sub in ("staged", "invalid", "duplicates", "uid-repeats", "pieces"):
         (work / sub).mkdir(parents=True)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     (folder / "dropped").mkdir(exist_ok=True)
     key_folder = folder / f"keys-{generation}"
     remove_tree(key_folder)  # an interrupted plan may have left it half written
     previous_keys = folder / f"keys-{state['key_generation']}" if state["key_generation"] else None
+    uid_folder = folder / f"uids-{generation}"
+    remove_tree(uid_folder)
+    previous_uids = folder / f"uids-{state['key_generation']}" if state["key_generation"] else None
 
     processes = config["plan"].get("processes") or available_cores()
     sizes = [_size(source) for source in new_sources]
@@ -342,6 +450,9 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
     spills = [work / "spill" / f"{task:05d}" for task in range(len(groups))]
     duplicate_files = [work / "duplicates" / f"{number:03d}.npy" for number in range(len(bucket_ranges))]
     columns = Columns.from_config(config["input"])
+    uid_files = [work / "uid-repeats" / f"{number:03d}.npy" for number in range(len(bucket_ranges))]
+    uid_files = uid_files if columns.uid else []
+    paths = [planned["path"] for planned in state["sources"]] + [source.path for source in new_sources]
     with _pool(processes, sum(sizes)) as pool:
         ingest = partial(_ingest, columns=columns, work=work)
         group_counts = list(pool.map(ingest, range(len(groups)), groups))
@@ -351,6 +462,18 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
             raise ClipflowError(f"input.paths: the files {[s.path for s in sources]} hold no rows")
         dedup = partial(_deduplicate, spill_folders=spills, previous=previous_keys, keys=key_folder)
         per_source = list(pool.map(dedup, bucket_ranges, duplicate_files))  # duplicates by source, per bucket range
+        if uid_files:  # then the rows left that repeat a uid: their own pass, since uid keys fall in other buckets
+            if not columns.verbatim:
+                spill_uids = partial(_spill_planned_uids, duplicate_files=duplicate_files, work=work)
+                list(pool.map(spill_uids, range(len(groups)), group_counts))
+            uid_spills = [work / "uid-spill" / f"{task:05d}" for task in range(len(groups))]
+            dedup = partial(_deduplicate, spill_folders=uid_spills, previous=previous_uids, keys=uid_folder)
+            per_source += list(pool.map(dedup, bucket_ranges, uid_files))
+            if columns.verbatim and any(np.load(path, mmap_mode="r").size for path in uid_files):
+                error = _repeated_uid_error(uid_files, paths, columns.uid, work)
+                for unfinished in (work, key_folder, uid_folder):
+                    remove_tree(unfinished)
+                raise error
         for count in counts:
             count["duplicates"] = sum(found.get(count["index"], 0) for found in per_source)
             count["planned"] = count["rows"] - count["duplicates"] - count["invalid"]
@@ -369,7 +492,7 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
         for group in group_counts:
             cutters.append({"size": size, "first_id": first_id, "start": start, "total": new_rows})
             start += sum(count["planned"] for count in group)
-        cut = partial(_cut, duplicate_files=duplicate_files, folder=folder, work=work)
+        cut = partial(_cut, duplicate_files=duplicate_files, uid_files=uid_files, paths=paths, folder=folder, work=work)
         list(pool.map(cut, group_counts, cutters))
     for pieces in sorted((work / "pieces").iterdir()):
         parts = [_read_parquet(path) for path in sorted(pieces.iterdir())]
@@ -390,7 +513,7 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
         }
         for index, source in enumerate(new_sources, start=len(state["sources"]))
     ]
-    old_key_folder = folder / f"keys-{state['key_generation']}"
+    old_key_folders = [folder / f"{kind}-{state['key_generation']}" for kind in ("keys", "uids")]
     state = {
         "settings": settings,
         "sources": state["sources"] + new_source_states,
@@ -398,7 +521,8 @@ def make_plan(config: dict, folder: Path | str) -> Plan:
         "key_generation": generation,
     }
     files.write_json(state_path, state)  # the commit point: before it, the previous plan stands whole
-    remove_tree(old_key_folder)
+    for old_key_folder in old_key_folders:
+        remove_tree(old_key_folder)
     remove_tree(work)
     plan = Plan(folder, state)
     log.info("planned %d new shards from %d new files: %s", len(new_shards), len(new_sources), plan.totals())

@@ -294,3 +294,57 @@ def test_an_input_without_a_fetchable_url_is_refused_before_any_job(tmp_path):
     with pytest.raises(ClipflowError, match=message):
         make_plan(config([str(tmp_path / "nulls.parquet")]), tmp_path / "plan")
     assert not (tmp_path / "plan/state.json").exists()
+
+
+UID_ROWS = [  # (uid, url): the second column of the story is what the plan must do with each row
+    ("u1", "http://h/a.jpg"),  # planned
+    ("u1", "http://h/b.jpg"),  # the uid of row 0 again: dropped, naming row 0
+    ("u2", "http://h/a.jpg"),  # the (url, caption) of row 0 again: dropped as that, and u2 stays free
+    ("u2", "http://h/c.jpg"),  # planned: the first planned row of u2
+    ("u3", "ftp://h/d.jpg"),  # invalid: claims no uid
+    ("u3", "http://h/e.jpg"),  # planned
+    ("U1", "http://h/f.jpg"),  # planned: uids are compared exactly
+]
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_a_uid_given_twice_is_planned_once_and_the_repeat_names_its_first_row(tmp_path, monkeypatch, processes):
+    monkeypatch.setattr(clipflow.ingest.planner, "POOL_BYTES", 0)
+    rows = pd.DataFrame(UID_ROWS, columns=["uid", "url"]).assign(caption="same caption")
+    rows.to_csv(tmp_path / "a.csv", index=False)
+    cfg = config([str(tmp_path / "*.csv")], uid_col="uid")
+    cfg["plan"]["processes"] = processes
+    plan = make_plan(cfg, tmp_path / "plan")
+    assert planned_rows(plan)[["uid", "url"]].values.tolist() == [list(UID_ROWS[i]) for i in (0, 3, 5, 6)]
+    assert plan.totals() == {"rows": 7, "duplicates": 2, "invalid": 1, "planned": 4}
+    dropped = pd.read_parquet(tmp_path / "plan/dropped/00000.parquet").set_index("source_row")
+    assert dropped.loc[1, ["state", "reason"]].tolist() == [
+        "duplicate", f"repeats the uid of row 0 of {tmp_path / 'a.csv'} (input.uid_col)"
+    ]
+    assert dropped.loc[2, "reason"] == "repeats an earlier (url, caption)"
+    assert dropped.loc[4, "state"] == "invalid"
+
+    # a later file's row repeating a planned uid, and a uid only a dropped row held before
+    pd.DataFrame({"uid": ["u2", "u4"], "url": ["http://h/g.jpg", "http://h/h.jpg"], "caption": "x"}).to_csv(
+        tmp_path / "b.csv", index=False
+    )
+    plan = make_plan(cfg, tmp_path / "plan")
+    assert planned_rows(plan)["uid"].tolist() == ["u1", "u2", "u3", "U1", "u4"]
+    later = pd.read_parquet(tmp_path / "plan/dropped/00001.parquet")
+    assert later[["source_row", "state", "reason"]].values.tolist() == [
+        [0, "duplicate", "repeats the uid of a row planned before (input.uid_col)"]
+    ]
+    assert sorted(p.name for p in (tmp_path / "plan").iterdir()) == ["dropped", "keys-2", "shards", "state.json", "uids-2"]
+
+
+def test_a_verbatim_pool_that_repeats_a_uid_is_refused_naming_both_rows(tmp_path):
+    pd.DataFrame({"uid": ["a" * 32, "b" * 32, "a" * 32], "url": "http://h/1.jpg", "caption": "c"}).to_parquet(
+        tmp_path / "pool.parquet"
+    )
+    message = (
+        rf"pool\.parquet: row 2 repeats the uid '{'a' * 32}' of row 0 of .*pool\.parquet \(column 'uid'\); 1 rows in"
+        r" all repeat"
+    )
+    with pytest.raises(ClipflowError, match=message):
+        make_plan(config([str(tmp_path / "pool.parquet")], uid_col="uid", verbatim=True), tmp_path / "plan")
+    assert sorted(p.name for p in (tmp_path / "plan").iterdir()) in ([], ["dropped", "shards"])

@@ -1,10 +1,10 @@
 """What the download step's image check costs per image, beside what img2dataset's resizer already spends.
 
-Every downloaded body is decoded by Pillow before img2dataset's resizer (OpenCV) decodes, resizes and
-re-encodes it (`clipflow.download.images`). A JPEG is checked by its end marker (decoded at 1/8 scale when it has none). This prints, per
-source size, milliseconds per image for the resizer alone (256 px, border, as the demo config), the check
-alone (whole bodies, and bodies cut at 90%, which take the 1/8-scale decode) and a full-scale Pillow decode,
-on one thread:
+Every downloaded body is checked before img2dataset's resizer (OpenCV) decodes, resizes and re-encodes it
+(`clipflow.download.images`): a JPEG is decoded at 1/8 scale by libjpeg-turbo, stopping on its first warning.
+This prints, per source size, milliseconds per image for the resizer alone (256 px, border, as the demo
+config), the check alone on whole bodies and on bodies cut at 90%, and a full-scale Pillow decode, on one
+thread:
 
     python bench/image_check.py --images 200
 """

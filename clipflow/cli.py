@@ -63,6 +63,7 @@ def _serve(args) -> None:
         max_body_bytes=args.max_body_mb * 2**20,
         allow_private_urls=args.allow_private_urls,
         precision=args.precision,
+        public_url=args.public_url,
     )
     serve(args.indices, args.host, args.port, limits)
 
@@ -145,6 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to answer other machines")
     serve.add_argument("--port", type=int, default=1234)
+    serve.add_argument(
+        "--public-url",
+        default="",
+        help="the address clients reach this server at (behind a proxy: https://search.example.org), for results'"
+        " shard_url; default: http://HOST:PORT as it listens (this machine's name for 0.0.0.0)",
+    )
     serve.add_argument("--max-num-images", type=int, default=1000, help="largest num_images a query may ask")
     serve.add_argument("--max-result-ids", type=int, default=10000, help="largest num_result_ids a query may ask")
     serve.add_argument("--max-body-mb", type=int, default=10, help="largest request body (and fetched image)")

@@ -37,6 +37,16 @@ def jpeg(size=(320, 240), color=(200, 40, 40), quality=90, seed=None) -> bytes:
     return buffer.getvalue()
 
 
+def corrupt_scan_jpeg() -> bytes:
+    """A JPEG whose headers and end marker are whole but whose entropy-coded scan has 1,000 of its own bytes
+    spliced into its middle, as a botched copy or resumed transfer leaves it: Pillow and OpenCV decode it without
+    an error, into garbage; libjpeg only warns of 1,045 extraneous bytes before the end marker."""
+    body = jpeg(size=(320, 240), seed=11)
+    scan = body.index(b"\xff\xda")
+    middle = scan + (len(body) - scan) // 2
+    return body[:middle] + body[scan + 20 : scan + 1020] + body[middle:]
+
+
 def paced_jpeg() -> bytes:
     return jpeg(size=(1600, 1200), seed=3)
 
@@ -106,6 +116,8 @@ class PathologicalHandler(http.server.BaseHTTPRequestHandler):
         elif path == "/cut-scan.jpg":  # whole headers, then 60% of the entropy-coded scan
             body = jpeg(seed=9)
             self._send(200, body[: len(body) * 6 // 10])
+        elif path == "/corrupt-scan.jpg":
+            self._send(200, corrupt_scan_jpeg())
         elif path == "/short-length.jpg":  # a Content-Length below the real body's: the client reads half
             body = jpeg(seed=10)
             self.send_response(200)

@@ -1,10 +1,13 @@
 """What a downloaded body must be before img2dataset's resizer may store it: a whole image, upright, one frame.
 
-img2dataset decodes with OpenCV, which fills a truncated JPEG's missing half with grey and reports success,
-ignores EXIF orientation, and cannot read GIFs. `CheckedResizer` wraps img2dataset's `Resizer` (its
-downloader takes any resizer) and first decodes each body with Pillow, which refuses truncated data:
-- a JPEG whose end-of-image marker closes it is whole; one without is decoded at 1/8 scale, which still
-  reads every entropy-coded byte, so a cut scan fails (`bench/image_check.py` measures what this costs);
+img2dataset decodes with OpenCV, which fills a truncated JPEG's missing half with grey, decodes a JPEG whose
+scan data is corrupt into garbage (libjpeg only warns: "Corrupt JPEG data: ... extraneous bytes"), and reports
+success; it also ignores EXIF orientation and cannot read GIFs. `CheckedResizer` wraps img2dataset's `Resizer`
+(its downloader takes any resizer) and first checks each body:
+- a JPEG is decoded by libjpeg-turbo (simplejpeg) at 1/8 scale, stopping on its first warning: that reads every
+  entropy-coded byte, so a cut or corrupt scan fails whatever its end marker says, at about half the cost of
+  the resizer's own decode (`bench/image_check.py`); other formats are decoded by Pillow, which refuses
+  truncated data;
 - an image with an EXIF orientation, an animated image (its first frame is kept) or a format OpenCV does not
   read is handed on as a lossless PNG of the upright first frame; everything else is handed on unchanged.
 """
@@ -12,6 +15,7 @@ downloader takes any resizer) and first decodes each body with Pillow, which ref
 import io
 import warnings
 
+import simplejpeg
 from PIL import Image, ImageFile, ImageOps
 
 ORIENTATION = 0x0112  # EXIF tag
@@ -33,16 +37,16 @@ def prepared_image(body: bytes) -> bytes:
             image = Image.open(io.BytesIO(body))
             orientation = image.getexif().get(ORIENTATION, 1)
             animated = getattr(image, "is_animated", False)
-            if image.format == "JPEG" and orientation in (0, 1):
-                if _ends_whole(body):
+            if image.format == "JPEG":
+                check_jpeg(body)
+                if orientation in (0, 1):
                     return body
-                image.draft(None, (1, 1))  # the smallest DCT scale libjpeg offers
-                image.load()  # a truncated scan fails here; a whole one followed by other bytes passes
-                return body
             image.load()
             if orientation in (0, 1) and not animated and image.format in OPENCV_FORMATS:
                 return body
             upright = ImageOps.exif_transpose(image)
+    except ImageProblem:
+        raise
     except Image.DecompressionBombError as error:  # Pillow's pixel limit bounds each thread's memory
         raise ImageProblem(f"image area too large: {error}") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
@@ -54,10 +58,23 @@ def prepared_image(body: bytes) -> bytes:
     return out.getvalue()
 
 
-def _ends_whole(jpeg: bytes) -> bool:
-    """Whether a JPEG's end-of-image marker is in its last kilobyte. Entropy-coded data never holds FF D9
-    (an FF there is followed by 00 or a restart marker), so a body cut inside its scan has none there."""
-    return b"\xff\xd9" in jpeg[-1024:]
+# libjpeg-turbo decodes these colour spaces only into themselves (or their like); all others into RGB
+JPEG_DECODE_SPACES = {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}
+
+
+def check_jpeg(jpeg: bytes) -> None:
+    """ImageProblem unless every entropy-coded byte of `jpeg` decodes without a libjpeg warning. Decoding at 1/8
+    scale (one pixel per 8x8 block) still reads all of them; a whole image followed by other bytes passes, as the
+    decoder stops at its end marker."""
+    try:
+        colour_space = simplejpeg.decode_jpeg_header(jpeg, strict=True)[2]
+        simplejpeg.decode_jpeg(
+            jpeg, colorspace=JPEG_DECODE_SPACES.get(colour_space, "RGB"), min_height=1, min_width=1, strict=True
+        )
+    except ValueError as error:  # simplejpeg raises every libjpeg error and warning as ValueError
+        message = str(error)
+        cut = message.startswith("Premature end of JPEG file")
+        raise ImageProblem(f"{'truncated' if cut else 'damaged'} image: {message}") from None
 
 
 def _reason(error: Exception, body: bytes) -> str:

@@ -11,7 +11,9 @@ import base64
 import binascii
 import json
 import logging
+import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -68,6 +70,8 @@ class Service:
         endpoint = request.match_info.route.resource.canonical if request.match_info.route.resource else "unknown"
         started = time.perf_counter()
         try:
+            if (request.content_length or 0) > self.limits.max_body_bytes:  # answered before a byte is read
+                raise web.HTTPRequestEntityTooLarge(self.limits.max_body_bytes, request.content_length)
             # clip-retrieval's front end is often hosted elsewhere: browsers ask before posting across origins.
             response = self._preflight() if request.method == "OPTIONS" else await handler(request)
         except RequestError as error:
@@ -75,6 +79,7 @@ class Service:
         except web.HTTPRequestEntityTooLarge:
             message = f"request body over the {self.limits.max_body_bytes} byte limit"
             response = web.json_response({"error": message, "field": "body"}, status=413)
+            response.force_close()  # rather than read the rest of a body it will not use
         except web.HTTPMethodNotAllowed as error:
             message = f"{request.method} is not allowed here; use {', '.join(sorted(error.allowed_methods))}"
             response = web.json_response({"error": message, "field": None}, status=405)
@@ -169,7 +174,7 @@ class Service:
             raise RequestError("ids", f"ids {bad[:10]} are not rows of index {served.name!r} (0 to {rows - 1})")
         if len(ids) > self.limits.max_result_ids:
             raise RequestError("ids", f"at most {self.limits.max_result_ids} ids per request")
-        metadata = self._rows(request, served, ids)
+        metadata = self._rows(served, ids)
         return web.json_response([{"id": i, "metadata": m} for i, m in zip(ids, metadata)])
 
     async def knn_service(self, request):
@@ -216,17 +221,18 @@ class Service:
             keep = await asyncio.to_thread(served.safe, ids)
             similarities, ids = similarities[keep], ids[keep]
         similarities, ids = similarities[:num_result_ids], ids[:num_result_ids]
-        rows = self._rows(request, served, ids[:num_images])
+        rows = self._rows(served, ids[:num_images])
         results = [{**row, "id": int(i), "similarity": float(s)} for row, i, s in zip(rows, ids, similarities)]
         results += [{"id": int(i), "similarity": float(s)} for i, s in zip(ids[num_images:], similarities[num_images:])]
         return web.json_response(results, headers={IGNORED_HEADER: ", ".join(ignored)} if ignored else None)
 
-    def _rows(self, request, served: ServedIndex, ids) -> list[dict]:
-        """The metadata of `ids`, with `shard_url` (this server's address of the image in its shard) when the
-        index has shards: clip-retrieval's front end shows it with `--url_column shard_url`."""
+    def _rows(self, served: ServedIndex, ids) -> list[dict]:
+        """The metadata of `ids`, with `shard_url` (this server's address of the image in its shard, from its
+        public URL, never from the request's Host header) when the index has shards: clip-retrieval's front end
+        shows it with `--url_column shard_url`."""
         rows = served.index.rows(ids) if len(ids) else []
         if served.shards is not None:
-            base = f"{request.url.origin()}/images/{quote(served.name, safe='')}"
+            base = f"{self.limits.public_url}/images/{quote(served.name, safe='')}"
             for row, i in zip(rows, ids):
                 row["shard_url"] = f"{base}/{int(i)}.jpg"
         return rows
@@ -299,6 +305,10 @@ def _optional_number(body: dict, option: str, kind: type, low: float, high: floa
 
 def serve(indices_json: Path | str, host: str, port: int, limits: Limits) -> None:
     single_threaded_search()  # for the event loop's own faiss calls (dedup's reconstruct), as in searchers
+    if not limits.public_url:
+        name = socket.getfqdn() if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+        limits = replace(limits, public_url=f"http://{name}:{port}")
+    limits = replace(limits, public_url=limits.public_url.rstrip("/"))
     service = Service(load_indices(indices_json, limits), limits)
     log.info("serving %s on http://%s:%d", list(service.indices), host, port)
     web.run_app(service.app(), host=host, port=port, print=None, access_log=None)

@@ -13,5 +13,8 @@ class Limits:
     max_batch: int = 64
     precision: str = "auto"
     max_image_pixels: int = 64_000_000  # a decoded query image holds 3-4 bytes a pixel: ~256 MB at most
-    decode_workers: int = 2  # query images decoded at once
+    decode_workers: int = 2  # query images decoded at once, besides one larger image
+    large_image_pixels: int = 16_000_000  # images over this (a 4000x4000 PNG takes ~1 s) take their own lane
+    decode_wait_seconds: float = 10  # how long an image may wait for its lane before the answer is a 503
+    public_url: str = ""  # the server's address as clients reach it, for shard_url ("": where it listens)
     max_text_chars: int = 10_000  # CLIP reads 77 tokens, at most 32 characters each: the rest is cut unread

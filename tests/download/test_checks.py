@@ -8,7 +8,7 @@ from PIL import Image
 
 from clipflow.download import http
 from clipflow.download.images import ImageProblem, prepared_image
-from conftest import animated_gif, jpeg, rotated_jpeg
+from conftest import animated_gif, corrupt_scan_jpeg, jpeg, rotated_jpeg
 
 
 @pytest.mark.parametrize(
@@ -45,6 +45,26 @@ def test_a_whole_jpeg_passes_unchanged_and_a_cut_one_is_truncated():
     for cut in (len(body) // 2, len(body) - 200):
         with pytest.raises(ImageProblem, match="^truncated image"):
             prepared_image(body[:cut])
+
+
+def test_a_jpeg_with_a_corrupt_scan_is_damaged_whatever_its_end_marker_says():
+    body = corrupt_scan_jpeg()
+    assert body.endswith(b"\xff\xd9")
+    Image.open(io.BytesIO(body)).load()  # what the check is for: Pillow decodes it (into garbage) without a word
+    with pytest.raises(ImageProblem, match="^damaged image: Corrupt JPEG data"):
+        prepared_image(body)
+    rotated = rotated_jpeg()  # also one that an EXIF orientation would turn, which Pillow decodes whole
+    middle = (rotated.index(b"\xff\xda") + len(rotated)) // 2
+    with pytest.raises(ImageProblem, match="^damaged image"):
+        prepared_image(rotated[:middle] + rotated[middle - 200 : middle] + rotated[middle:])
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGB"])
+def test_whole_jpegs_of_every_colour_space_and_progressive_ones_pass(mode):
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(jpeg(seed=4))).convert(mode).save(buffer, format="JPEG", progressive=mode == "RGB")
+    assert prepared_image(buffer.getvalue()) == buffer.getvalue()
+    assert prepared_image(buffer.getvalue() + b"trailing bytes after the end marker") is not None
 
 
 def test_other_formats_are_checked_whole():

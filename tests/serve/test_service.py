@@ -1,6 +1,7 @@
 """`clipflow serve` over real HTTP: clip-retrieval's API, its error answers, images, health and metrics."""
 
 import base64
+import io
 import json
 import shutil
 import struct
@@ -16,11 +17,12 @@ import faiss
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from clipflow.errors import ClipflowError
 from clipflow.serve.indices import load_indices
 from clipflow.serve.limits import Limits
-from conftest import jpeg, paced_jpeg
+from conftest import corrupt_scan_jpeg, jpeg, paced_jpeg
 from served import (  # noqa: F401 - indices is a fixture
     AESTHETIC_ROW,
     CAPTIONS,
@@ -424,3 +426,68 @@ def test_a_client_that_goes_away_mid_body_is_not_a_server_error(server):
     assert 'clipflow_requests_total{endpoint="/knn-service",status="499"} 3.0' in metrics.decode()  # nginx's
     assert "Traceback" not in server.log_text() and "the client closed the connection" in server.log_text()
     assert server.knn(text="still answering")[0] == 200
+
+
+def test_shard_url_comes_from_the_server_not_from_the_host_header(server):
+    request = urllib.request.Request(
+        server.url + "/knn-service",
+        data=json.dumps({"text": CAPTIONS[4], "num_images": 1, "indice_name": "demo"}).encode(),
+        headers={"Host": "evil.example", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        [first] = json.loads(response.read())
+    assert first["shard_url"] == f"{server.url}/images/demo/{first['id']}.jpg"
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent(server):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(b"POST /knn-service HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        client.sendall(b"Content-Length: 10000000000\r\n\r\n")  # 10 GB declared, not a byte of it sent
+        answer = client.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 413") and '"field": "body"' in answer
+
+
+def test_a_clients_large_images_do_not_hold_the_others_queries(server):
+    """Six 8000x8000 PNGs (under the 64 MP limit, ~1.7 s each to decode here) take the large images' lane; a
+    normal image query meanwhile is answered before they are, and a large one that waited too long gets a 503."""
+    large = png_base64(Image.new("RGB", (8000, 8000), (10, 200, 30)))
+    normal = base64.b64encode(image_of(12)).decode()
+    with ThreadPoolExecutor(6) as pool:
+        floods = [pool.submit(server.knn, image=large, num_images=1) for _ in range(6)]
+        time.sleep(0.5)  # all six are queued
+        status, results = server.knn(image=normal, num_images=1)
+        finished_first = sum(flood.done() for flood in floods)
+        statuses = [flood.result()[0] for flood in floods]
+    assert status == 200 and results[0]["id"] == 12
+    assert finished_first <= 2, "the normal query waited behind the large images"
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 1
+
+
+def png_base64(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_a_jpeg_with_a_corrupt_scan_or_over_pillows_limit_is_refused(server):
+    status, answer = server.knn(image=base64.b64encode(corrupt_scan_jpeg()).decode())
+    assert (status, answer["field"]) == (400, "image") and "Corrupt JPEG data" in answer["error"]
+    header = struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0)  # 200 MP: over twice Pillow's own 89 MP
+    chunk = struct.pack(">I", len(header)) + b"IHDR" + header + struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    png = b"\x89PNG\r\n\x1a\n" + chunk + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    status, answer = server.knn(image=base64.b64encode(png).decode())
+    assert (status, answer["field"]) == (413, "image") and "over the limit" in answer["error"]
+
+
+def test_an_image_that_waits_too_long_for_its_lane_is_a_503():
+    import asyncio
+
+    from clipflow.serve.encoders import ImageDecoder
+    from clipflow.serve.errors import RequestError
+
+    decoder = ImageDecoder(Limits(decode_wait_seconds=-1))
+    with pytest.raises(RequestError) as refused:
+        asyncio.run(decoder.pixels(jpeg(seed=2), "image", lambda image: image))
+    assert refused.value.status == 503 and "busy" in refused.value.message

@@ -43,6 +43,7 @@ ROWS = [
     ("/good/1.jpg", "another good image", "duplicate"),
     ("/cut-scan.jpg", "jpeg cut in the middle of its scan", "truncated image"),
     ("/short-length.jpg", "a Content-Length below the real length", "truncated image"),
+    ("/corrupt-scan.jpg", "garbage inside the scan, end marker whole", "damaged image"),
     ("/drip.jpg", "a byte every 0.2 s and each read within the timeout", "deadline exceeded"),
     ("/rotated.jpg", "exif orientation 6", "success"),
     ("/animated.gif", "an animated gif", "success"),

@@ -17,6 +17,7 @@ Layout under the plan folder:
   state.json                 sources planned (with fingerprints), shards and counts
   shards/NNNNNNNN.parquet    the rows of each shard: url, caption, uid, kept columns, source, source_row
   dropped/NNNNN.parquet      rows of source NNNNN not planned, with state duplicate or invalid and the reason
+  .lock                      held (flock) by the process planning, and naming it
   keys-GEN/                  the key store: every planned row's (url, caption) key, by bucket
   uids-GEN/                  with input.uid_col: the key of every planned row's uid, by bucket
 
@@ -25,10 +26,12 @@ is not planned: it is dropped as a duplicate with a reason that names the row it
 input.verbatim (a DataComp pool, whose uids are unique), the plan is refused, naming both rows and the uid.
 """
 
+import fcntl
 import json
 import logging
 import multiprocessing
 import os
+import socket
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -390,8 +393,28 @@ def available_cores() -> int:
 
 
 def make_plan(config: dict, folder: Path | str) -> Plan:
-    """Bring the plan up to date with the configured inputs; a no-op when no file is new."""
+    """Bring the plan up to date with the configured inputs; a no-op when no file is new. One process at a time
+    plans a folder: another that finds it planning is refused, and the plan it is making stays whole."""
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the process ends, however it ends
+        except BlockingIOError:
+            lock.seek(0)
+            raise ClipflowError(
+                f"{folder}: another clipflow process ({lock.read().strip() or 'pid unknown'}) is making the shard"
+                f" plan; run again once it has finished (a workflow started twice in one folder plans once)"
+            ) from None
+        except OSError as error:  # a file system without locks (some Lustre mounts): plan unguarded
+            log.warning("%s: cannot lock the plan folder (%s); planning without a lock", folder, error)
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        lock.flush()
+        return _make_plan(config, folder)
+
+
+def _make_plan(config: dict, folder: Path) -> Plan:
     settings = _settings(config)
     sources = find_sources(config["input"]["paths"], config["input"]["format"])
     state_path = folder / "state.json"

@@ -244,7 +244,7 @@ def test_interrupted_plan_leaves_the_previous_plan_whole(tmp_path, monkeypatch):
     fresh = make_plan(cfg, tmp_path / "fresh")
     assert resumed.totals() == fresh.totals()
     assert planned_rows(resumed)["uid"].tolist() == planned_rows(fresh)["uid"].tolist()
-    assert sorted(p.name for p in (tmp_path / "plan").iterdir()) == ["dropped", "keys-2", "shards", "state.json"]
+    assert sorted(p.name for p in (tmp_path / "plan").iterdir()) == [".lock", "dropped", "keys-2", "shards", "state.json"]
 
 
 def test_state_records_sources_with_counts(tmp_path):
@@ -334,7 +334,7 @@ def test_a_uid_given_twice_is_planned_once_and_the_repeat_names_its_first_row(tm
     assert later[["source_row", "state", "reason"]].values.tolist() == [
         [0, "duplicate", "repeats the uid of a row planned before (input.uid_col)"]
     ]
-    assert sorted(p.name for p in (tmp_path / "plan").iterdir()) == ["dropped", "keys-2", "shards", "state.json", "uids-2"]
+    assert sorted(p.name for p in (tmp_path / "plan").iterdir()) == [".lock", "dropped", "keys-2", "shards", "state.json", "uids-2"]
 
 
 def test_a_verbatim_pool_that_repeats_a_uid_is_refused_naming_both_rows(tmp_path):
@@ -347,4 +347,29 @@ def test_a_verbatim_pool_that_repeats_a_uid_is_refused_naming_both_rows(tmp_path
     )
     with pytest.raises(ClipflowError, match=message):
         make_plan(config([str(tmp_path / "pool.parquet")], uid_col="uid", verbatim=True), tmp_path / "plan")
-    assert sorted(p.name for p in (tmp_path / "plan").iterdir()) in ([], ["dropped", "shards"])
+    assert sorted(p.name for p in (tmp_path / "plan").iterdir()) in ([".lock"], [".lock", "dropped", "shards"])
+
+
+def test_a_second_planner_is_refused_while_one_is_planning_and_the_plan_stays_whole(tmp_path):
+    import subprocess
+    import sys
+
+    pd.DataFrame({"url": ["http://h/1.jpg"], "caption": ["a"]}).to_csv(tmp_path / "a.csv", index=False)
+    cfg = config([str(tmp_path / "*.csv")])
+    before = make_plan(cfg, tmp_path / "plan").state
+    pd.DataFrame({"url": ["http://h/2.jpg"], "caption": ["b"]}).to_csv(tmp_path / "b.csv", index=False)
+    holder = subprocess.Popen(  # what a planning process holds
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX);"
+         " f.truncate(0); f.write('pid 4242 on node7'); f.flush(); print('held', flush=True); time.sleep(60)",
+         str(tmp_path / "plan/.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ClipflowError, match=r"plan: another clipflow process \(pid 4242 on node7\) is making"):
+            make_plan(cfg, tmp_path / "plan")
+        assert load_plan(tmp_path / "plan").state == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert make_plan(cfg, tmp_path / "plan").totals()["planned"] == 2

@@ -1,25 +1,50 @@
 """What the Snakefile asks of the package besides paths: the shard plan, the records whose files are gone,
 and the demo's image server. The rule layer (rules/common.smk) stays declarative on top of these."""
 
+import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from clipflow import demo
 from clipflow.errors import ClipflowError
-from clipflow.ingest.planner import Plan, load_plan, make_plan
+from clipflow.ingest.planner import Plan, load_plan, make_plan, unplanned_sources
 
 
-def workflow_plan(config: dict, plan_dir: str, demo_dir: str, is_main_process: bool) -> Plan:
-    """The shard plan, brought up to date by Snakemake's main process only; jobs read what it decided."""
+def workflow_plan(config: dict, plan_dir: str, demo_dir: str, is_main_process: bool, read_only: bool) -> Plan:
+    """The shard plan, brought up to date by Snakemake's main process only; jobs read what it decided.
+
+    `read_only` (a dry run, --lint) writes nothing in the results: the plan as it stands, with a notice of
+    the input files it does not hold yet; before the first run, a plan made in a temporary folder, removed
+    at exit, so that the dry run lists every job."""
     if not is_main_process:
         return load_plan(plan_dir)
+    demo_csv = f"{demo_dir}/metadata.csv"
+    if read_only and Path(plan_dir, "state.json").exists():
+        plan = load_plan(plan_dir)
+        unplanned = unplanned_sources(config, plan)
+        if unplanned:
+            print(
+                f"clipflow: {len(unplanned)} input files are not planned yet ({unplanned[0]}, ...): this dry run"
+                f" lists the jobs of the plan as it stands; the next run plans them",
+                file=sys.stderr,
+            )
+        return plan
+    if read_only:
+        scratch = Path(tempfile.mkdtemp(prefix="clipflow-dry-run-"))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        if config["demo"]["enabled"]:
+            paths = [str(scratch / "metadata.csv") if p == demo_csv else p for p in config["input"]["paths"]]
+            config, demo_csv = {**config, "input": {**config["input"], "paths": paths}}, scratch / "metadata.csv"
+        plan_dir = scratch / "plan"
     if config["demo"]["enabled"]:
-        demo.write_metadata(f"{demo_dir}/metadata.csv", config["demo"]["images"], config["demo"]["port"])
+        demo.write_metadata(demo_csv, config["demo"]["images"], config["demo"]["port"])
     return make_plan(config, plan_dir)
 
 
@@ -28,11 +53,11 @@ def consecutive(shards: list[str], size: int) -> dict[str, list[str]]:
     return {shards[i]: shards[i : i + size] for i in range(0, len(shards), size)}
 
 
-def reopen_incomplete(records: dict[str, list[Path]], beside: bool = False) -> list[str]:
+def reopen_incomplete(records: dict[str, list[Path]], beside: bool = False, remove: bool = True) -> dict[str, str]:
     """Remove each record (a job's proof of completion) whose files are not all there, or not of the sizes it
     lists (`file_sizes`, relative to the folder above the record's, or with `beside` to the record's own), so
-    that its job runs again; returns the records removed. Each folder is listed once: at scale there are ~100k
-    files."""
+    that its job runs again; returns each such record with what is wrong. Without `remove` (a dry run) the
+    records stay. Each folder is listed once: at scale there are ~100k files."""
     listings: dict[Path, dict[str, os.DirEntry]] = {}
 
     def entry(path: Path) -> os.DirEntry | None:
@@ -40,7 +65,7 @@ def reopen_incomplete(records: dict[str, list[Path]], beside: bool = False) -> l
             listings[path.parent] = {e.name: e for e in os.scandir(path.parent)} if path.parent.is_dir() else {}
         return listings[path.parent].get(path.name)
 
-    reopened = []
+    reopened = {}
     for record, files in records.items():
         if not os.path.exists(record):
             continue
@@ -55,9 +80,11 @@ def reopen_incomplete(records: dict[str, list[Path]], beside: bool = False) -> l
             elif recorded is not None and found.stat().st_size != recorded:
                 problems.append(f"{path.name} is {found.stat().st_size} bytes, {recorded} were written")
         if problems:
-            print(f"clipflow: {problems[:5]}: {record} removed, its job runs again", file=sys.stderr)
-            os.remove(record)
-            reopened.append(record)
+            done = "removed, its job runs again" if remove else "would be removed: its job reruns"
+            print(f"clipflow: {problems[:5]}: {record} {done}", file=sys.stderr)
+            if remove:
+                os.remove(record)
+            reopened[record] = "; ".join(problems)
     return reopened
 
 

@@ -69,7 +69,11 @@ TRAIN_NODES = (
 # A suite's missing evaluation sets stop the workflow before anything trains or evaluates.
 if config["train"]["subsets"] and config["evaluate"]["suite"] == "datacomp":
     checked(datacomp_evaluation.check_sets, config["evaluate"]["data_dir"])
-PLAN = checked(workflow_plan, config, PLAN_DIR, DEMO_DIR, workflow.is_main_process)
+# A dry run (-n) and --lint change nothing on disk. Snakemake's linter is told apart by its parse without
+# the environment-variable check (no API says "lint").
+READ_ONLY = workflow.output_settings.dryrun or not workflow.check_envvars
+PLAN = checked(workflow_plan, config, PLAN_DIR, DEMO_DIR, workflow.is_main_process, READ_ONLY)
+PLAN_DIR = str(PLAN.folder)  # a temporary folder in a dry run before the first run
 # Downloads and embeddings run a job per batch or chunk of consecutive shards: the DAG stays small
 # at scale, and an embedding job loads the model once for many shards.
 BATCHES = consecutive(PLAN.shards, config["download"]["shards_per_job"])
@@ -97,32 +101,54 @@ def shard_embeddings(kind, shards):
 
 
 # A job's record stands for files written beside it: where one is gone, the record goes, and the job runs again.
+# A dry run keeps the record and gives the job a `repair` param naming what is wrong: Snakemake lists the job
+# for its changed params, and a real run's `repair` is always "" (it removes the record instead).
+REOPENED = {}
 if workflow.is_main_process:
-    reopen_incomplete(
-        {
-            batch_record(batch): [
-                f"{SHARDS_DIR}/{shard}{suffix}" for shard in shards for suffix in SUFFIXES
-            ]
-            for batch, shards in BATCHES.items()
-        }
+    REOPENED.update(
+        reopen_incomplete(
+            {
+                batch_record(batch): [
+                    f"{SHARDS_DIR}/{shard}{suffix}" for shard in shards for suffix in SUFFIXES
+                ]
+                for batch, shards in BATCHES.items()
+            },
+            remove=not READ_ONLY,
+        )
     )
-    reopen_incomplete(
-        {
-            chunk_record(chunk): sum((shard_embeddings(kind, shards) for kind in SHARD_FILES), [])
-            for chunk, shards in CHUNKS.items()
-        }
+    REOPENED.update(
+        reopen_incomplete(
+            {
+                chunk_record(chunk): sum(
+                    (shard_embeddings(kind, shards) for kind in SHARD_FILES), []
+                )
+                for chunk, shards in CHUNKS.items()
+            },
+            remove=not READ_ONLY,
+        )
     )
     # The merged indices: their infos list the sizes of the .index and the mapped .ivfdata.
-    reopen_incomplete(
-        {
-            f"{INDEX_DIR}/{modality}.infos.json": [
-                f"{INDEX_DIR}/{modality}.index",
-                f"{INDEX_DIR}/{modality}.ivfdata",
-            ]
-            for modality in ("image", "text")
-        },
-        beside=True,
+    REOPENED.update(
+        reopen_incomplete(
+            {
+                f"{INDEX_DIR}/{modality}.infos.json": [
+                    f"{INDEX_DIR}/{modality}.index",
+                    f"{INDEX_DIR}/{modality}.ivfdata",
+                ]
+                for modality in ("image", "text")
+            },
+            beside=True,
+            remove=not READ_ONLY,
+        )
     )
+
+
+DAMAGED = REOPENED if READ_ONLY else {}
+
+
+def repair(record):
+    """What a dry run found missing or damaged among the files of the job whose record this is ("" if none)."""
+    return lambda wildcards: DAMAGED.get(record.format(**wildcards), "")
 
 
 def settings(name):

@@ -25,6 +25,7 @@ rule download_batch:
         shards=lambda wildcards: BATCHES[wildcards.batch],
         options=settings("download"),
         kept_columns=config["input"]["keep_cols"],
+        repair=repair(f"{SHARDS_DIR}/batches/{{batch}}.json"),
     script:
         "../scripts/download_batch.py"
 

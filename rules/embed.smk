@@ -63,6 +63,7 @@ if config["embed"]["precomputed"]:
             arrays=config["embed"]["precomputed"],
             columns=config["input"]["keep_cols"] + config["input"]["metadata_cols"],
             model={key: config["embed"][key] for key in ("model", "pretrained", "checkpoint")},
+            repair=repair(f"{EMBEDDINGS_DIR}/info/{{chunk}}.json"),
         script:
             "../scripts/precomputed_chunk.py"
 
@@ -88,5 +89,6 @@ else:
             tars=chunk_tars,
             precision=config["embed"]["precision"],
             kept_columns=config["input"]["keep_cols"],
+            repair=repair(f"{EMBEDDINGS_DIR}/info/{{chunk}}.json"),
         script:
             "../scripts/embed_chunk.py"

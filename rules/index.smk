@@ -105,6 +105,7 @@ rule index_merge:
         runtime=lambda wildcards, attempt: 240 * attempt,
     params:
         max_index_query_time_ms=config["index"]["max_index_query_time_ms"],
+        repair=repair(f"{INDEX_DIR}/{{modality}}.infos.json"),
     script:
         "../scripts/index_merge.py"
 

@@ -392,6 +392,49 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _check_settings(state: dict, settings: dict, state_path: Path, folder: Path) -> None:
+    """Refuse a plan made by an earlier clipflow or with other settings."""
+    if state["settings"].get("version") != PLAN_VERSION:
+        raise ClipflowError(
+            f"{state_path}: the plan was made by an earlier clipflow (plan version {state['settings'].get('version')}, "
+            f"whose row keys and derived uids were blake2b hashes); this one derives them with md5 and cannot extend "
+            f"it without changing uids. Keep using the earlier clipflow for this run, or delete {folder} to plan "
+            f"again from scratch (shards are renumbered, and uids derived from url and caption change)."
+        )
+    if state["settings"] != settings:
+        raise ClipflowError(
+            f"{state_path}: the plan was made with {state['settings']}, the config now asks for {settings}; "
+            f"delete {folder} to plan again from scratch (shards are renumbered)"
+        )
+
+
+def _check_sources(sources: list[Source], state: dict, state_path: Path, folder: Path) -> bool:
+    """Refuse a planned file that is gone or changed; one copied or touched (same bytes) gets its new fingerprint
+    in `state`, and the answer is whether any did."""
+    current, refreshed = {source.path: source for source in sources}, False
+    for planned in state["sources"]:
+        source = current.get(planned["path"])
+        if source and source.fingerprint != planned["fingerprint"] and content_hash(source.path) == planned["sha256"]:
+            planned["fingerprint"], refreshed = source.fingerprint, True  # copied or touched, same bytes
+        elif source is None or source.fingerprint != planned["fingerprint"]:
+            change = "is gone" if source is None else "changed"
+            raise ClipflowError(
+                f"{planned['path']}: {change} since it was planned into shards ({state_path}); restore it, or delete "
+                f"{folder} to plan again from scratch (shards are renumbered). New data belongs in new files."
+            )
+    return refreshed
+
+
+def unplanned_sources(config: dict, plan: Plan) -> list[str]:
+    """The configured input files `plan` does not hold yet, after the checks make_plan makes, writing nothing."""
+    state_path = plan.folder / "state.json"
+    _check_settings(plan.state, _settings(config), state_path, plan.folder)
+    sources = find_sources(config["input"]["paths"], config["input"]["format"])
+    _check_sources(sources, json.loads(json.dumps(plan.state)), state_path, plan.folder)
+    planned = {source["path"] for source in plan.state["sources"]}
+    return [source.path for source in sources if source.path not in planned]
+
+
 def make_plan(config: dict, folder: Path | str) -> Plan:
     """Bring the plan up to date with the configured inputs; a no-op when no file is new. One process at a time
     plans a folder: another that finds it planning is refused, and the plan it is making stays whole."""
@@ -421,31 +464,11 @@ def _make_plan(config: dict, folder: Path) -> Plan:
     state = json.loads(state_path.read_text()) if state_path.exists() else None
     if state is None:
         state = {"settings": settings, "sources": [], "shards": [], "key_generation": 0}
-    elif state["settings"].get("version") != PLAN_VERSION:
-        raise ClipflowError(
-            f"{state_path}: the plan was made by an earlier clipflow (plan version {state['settings'].get('version')}, "
-            f"whose row keys and derived uids were blake2b hashes); this one derives them with md5 and cannot extend "
-            f"it without changing uids. Keep using the earlier clipflow for this run, or delete {folder} to plan "
-            f"again from scratch (shards are renumbered, and uids derived from url and caption change)."
-        )
-    elif state["settings"] != settings:
-        raise ClipflowError(
-            f"{state_path}: the plan was made with {state['settings']}, the config now asks for {settings}; "
-            f"delete {folder} to plan again from scratch (shards are renumbered)"
-        )
+    else:
+        _check_settings(state, settings, state_path, folder)
 
-    current = {source.path: source for source in sources}
-    for planned in state["sources"]:
-        source = current.get(planned["path"])
-        if source and source.fingerprint != planned["fingerprint"] and content_hash(source.path) == planned["sha256"]:
-            planned["fingerprint"] = source.fingerprint  # copied or touched, same bytes
-            files.write_json(state_path, state)
-        elif source is None or source.fingerprint != planned["fingerprint"]:
-            change = "is gone" if source is None else "changed"
-            raise ClipflowError(
-                f"{planned['path']}: {change} since it was planned into shards ({state_path}); restore it, or delete "
-                f"{folder} to plan again from scratch (shards are renumbered). New data belongs in new files."
-            )
+    if _check_sources(sources, state, state_path, folder):
+        files.write_json(state_path, state)
     planned_paths = {planned["path"] for planned in state["sources"]}
     new_sources = [source for source in sources if source.path not in planned_paths]
     if not new_sources:

@@ -15,6 +15,18 @@ def test_snakemake_lint_is_clean(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], [".snakemake"]), "--lint wrote into the folder"
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_dry_run_in_a_fresh_folder_lists_every_job_and_writes_nothing(tmp_path):
+    command = [sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
+    command += ["--configfile", str(REPO / "config" / "config.yaml"), "--cores", "1"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "download_batch" in result.stdout and "index_merge" in result.stdout  # planned in a temporary folder
+    written = [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if ".snakemake" not in p.parts]
+    assert written == [], written
 
 
 def test_snakefmt_formatted():

@@ -64,6 +64,7 @@ def _serve(args) -> None:
         allow_private_urls=args.allow_private_urls,
         precision=args.precision,
         public_url=args.public_url,
+        body_timeout_seconds=args.body_timeout,
     )
     serve(args.indices, args.host, args.port, limits)
 
@@ -155,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--max-num-images", type=int, default=1000, help="largest num_images a query may ask")
     serve.add_argument("--max-result-ids", type=int, default=10000, help="largest num_result_ids a query may ask")
     serve.add_argument("--max-body-mb", type=int, default=10, help="largest request body (and fetched image)")
+    serve.add_argument(
+        "--body-timeout", type=float, default=30, help="seconds a request body may take to arrive (then 408)"
+    )
     serve.add_argument(
         "--allow-private-urls", action="store_true", help="let image_url reach private and loopback addresses"
     )

@@ -72,6 +72,11 @@ def metadata(images: int, port: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def metadata_is_current(path: Path | str, images: int, port: int) -> bool:
+    path = Path(path)
+    return path.exists() and path.read_text() == metadata(images, port).to_csv(index=False)
+
+
 def write_metadata(path: Path | str, images: int, port: int) -> None:
     """Write the demo CSV, leaving the file (and its fingerprint in the plan) alone when unchanged."""
     path = Path(path)

@@ -18,34 +18,42 @@ from clipflow.ingest.planner import Plan, load_plan, make_plan, unplanned_source
 
 
 def workflow_plan(config: dict, plan_dir: str, demo_dir: str, is_main_process: bool, read_only: bool) -> Plan:
-    """The shard plan, brought up to date by Snakemake's main process only; jobs read what it decided.
-
-    `read_only` (a dry run, --lint) writes nothing in the results: the plan as it stands, with a notice of
-    the input files it does not hold yet; before the first run, a plan made in a temporary folder, removed
-    at exit, so that the dry run lists every job."""
+    """The shard plan, brought up to date by Snakemake's main process only; jobs read what it decided. With
+    `read_only` (a dry run, --lint) nothing in the results is written (see read_only_plan)."""
     if not is_main_process:
         return load_plan(plan_dir)
-    demo_csv = f"{demo_dir}/metadata.csv"
-    if read_only and Path(plan_dir, "state.json").exists():
-        plan = load_plan(plan_dir)
-        unplanned = unplanned_sources(config, plan)
-        if unplanned:
-            print(
-                f"clipflow: {len(unplanned)} input files are not planned yet ({unplanned[0]}, ...): this dry run"
-                f" lists the jobs of the plan as it stands; the next run plans them",
-                file=sys.stderr,
-            )
-        return plan
     if read_only:
-        scratch = Path(tempfile.mkdtemp(prefix="clipflow-dry-run-"))
-        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-        if config["demo"]["enabled"]:
-            paths = [str(scratch / "metadata.csv") if p == demo_csv else p for p in config["input"]["paths"]]
-            config, demo_csv = {**config, "input": {**config["input"], "paths": paths}}, scratch / "metadata.csv"
-        plan_dir = scratch / "plan"
+        return read_only_plan(config, Path(plan_dir), Path(demo_dir))
     if config["demo"]["enabled"]:
-        demo.write_metadata(demo_csv, config["demo"]["images"], config["demo"]["port"])
+        demo.write_metadata(f"{demo_dir}/metadata.csv", config["demo"]["images"], config["demo"]["port"])
     return make_plan(config, plan_dir)
+
+
+def read_only_plan(config: dict, plan_dir: Path, demo_dir: Path) -> Plan:
+    """The plan a run would make, writing nothing in the results: the plan as it stands when it holds every
+    input file; else a copy of its state, extended (or made, before the first run) in a temporary folder that is
+    removed at exit. The earlier plan's key stores are linked there, read and never written."""
+    scratch = Path(tempfile.mkdtemp(prefix="clipflow-dry-run-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    demo_csv, images, port = demo_dir / "metadata.csv", config["demo"]["images"], config["demo"]["port"]
+    if config["demo"]["enabled"] and not demo.metadata_is_current(demo_csv, images, port):
+        paths = [str(scratch / "metadata.csv") if Path(p) == demo_csv else p for p in config["input"]["paths"]]
+        config = {**config, "input": {**config["input"], "paths": paths}}
+        demo.write_metadata(scratch / "metadata.csv", images, port)
+    if not (plan_dir / "state.json").exists():
+        return make_plan(config, scratch / "plan")
+    plan = load_plan(plan_dir)
+    unplanned = unplanned_sources(config, plan)
+    if not unplanned:
+        return plan
+    print(f"clipflow: {len(unplanned)} new input files ({unplanned[0]}, ...) planned for this dry run", file=sys.stderr)
+    (scratch / "plan").mkdir()
+    shutil.copyfile(plan_dir / "state.json", scratch / "plan/state.json")
+    for kind in ("keys", "uids"):
+        store = plan_dir / f"{kind}-{plan.state['key_generation']}"
+        if store.is_dir():
+            os.symlink(store.resolve(), scratch / "plan" / store.name)
+    return make_plan(config, scratch / "plan")
 
 
 def consecutive(shards: list[str], size: int) -> dict[str, list[str]]:

@@ -138,5 +138,7 @@ def deduplicate(
 
 
 def remove_tree(folder: Path) -> None:
-    if os.path.exists(folder):
+    if os.path.islink(folder):  # a dry run's link to the key store it reads: the store itself stays
+        os.unlink(folder)
+    elif os.path.exists(folder):
         shutil.rmtree(folder)

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import numpy as np
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from clipflow.embed.heads import RATINGS
 from clipflow.index.folder import MODALITIES, single_threaded_search
@@ -76,6 +77,8 @@ class Service:
             response = self._preflight() if request.method == "OPTIONS" else await handler(request)
         except RequestError as error:
             response = web.json_response({"error": error.message, "field": error.field}, status=error.status)
+            if error.status == 408:
+                response.force_close()  # the rest of the body may still come: not as a next request
         except web.HTTPRequestEntityTooLarge:
             message = f"request body over the {self.limits.max_body_bytes} byte limit"
             response = web.json_response({"error": message, "field": "body"}, status=413)
@@ -101,7 +104,11 @@ class Service:
 
     async def _json(self, request) -> dict:
         try:
-            body = await request.json(loads=json.loads)
+            async with asyncio.timeout(self.limits.body_timeout_seconds):  # a client that drips its body
+                body = await request.json(loads=json.loads)
+        except TimeoutError:
+            seconds = self.limits.body_timeout_seconds
+            raise RequestError("body", f"the request body did not arrive within {seconds:g} s", status=408) from None
         except (ValueError, UnicodeDecodeError) as error:  # ValueError: also integers over Python's 4,300 digits
             raise RequestError("body", f"malformed JSON: {error}") from None
         except RecursionError:
@@ -303,7 +310,20 @@ def _optional_number(body: dict, option: str, kind: type, low: float, high: floa
     return kind(number)
 
 
+class MalformedRequestsInOneLine(logging.Filter):
+    """aiohttp logs each request it cannot parse at ERROR with a traceback: a client's mistake, so one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args = "%s: %s %s", (record.getMessage(), error.code, " ".join(error.message.split()))
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def serve(indices_json: Path | str, host: str, port: int, limits: Limits) -> None:
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestsInOneLine())
     single_threaded_search()  # for the event loop's own faiss calls (dedup's reconstruct), as in searchers
     if not limits.public_url:
         name = socket.getfqdn() if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host

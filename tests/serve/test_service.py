@@ -37,7 +37,7 @@ from served import (  # noqa: F401 - indices is a fixture
 
 @pytest.fixture(scope="module")
 def server(indices):
-    server = Server(indices)
+    server = Server(indices, "--body-timeout", "3")
     yield server
     server.stop()
 
@@ -491,3 +491,25 @@ def test_an_image_that_waits_too_long_for_its_lane_is_a_503():
     with pytest.raises(RequestError) as refused:
         asyncio.run(decoder.pixels(jpeg(seed=2), "image", lambda image: image))
     assert refused.value.status == 503 and "busy" in refused.value.message
+
+
+def test_a_body_that_drips_is_a_408_and_malformed_requests_log_one_line_each(server):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
+        client.sendall(b"POST /knn-service HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        client.sendall(b'Content-Length: 100\r\n\r\n{"text": ')  # and no more
+        started = time.monotonic()
+        answer = client.recv(65536).decode()
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 3 s" in answer
+        assert time.monotonic() - started < 20
+    malformed = [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"]
+    malformed.append(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+    for request in malformed:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            client.sendall(request)
+            assert client.recv(65536).startswith(b"HTTP/1.0 400")
+    time.sleep(0.5)
+    lines = [line for line in server.log_text().splitlines() if "Error handling request" in line]
+    assert len(lines) >= 2 and all(line.startswith("WARNING") and ": 400 " in line for line in lines), lines
+    assert "Traceback" not in server.log_text()

@@ -73,7 +73,10 @@ if config["train"]["subsets"] and config["evaluate"]["suite"] == "datacomp":
 # the environment-variable check (no API says "lint").
 READ_ONLY = workflow.output_settings.dryrun or not workflow.check_envvars
 PLAN = checked(workflow_plan, config, PLAN_DIR, DEMO_DIR, workflow.is_main_process, READ_ONLY)
-PLAN_DIR = str(PLAN.folder)  # a temporary folder in a dry run before the first run
+# A dry run before the first run plans in a temporary folder. Otherwise the rules name results/plan, as the
+# runs before did (a new path would rerun every job).
+if not Path(PLAN_DIR, "state.json").exists():
+    PLAN_DIR = str(PLAN.folder)
 # Downloads and embeddings run a job per batch or chunk of consecutive shards: the DAG stays small
 # at scale, and an embedding job loads the model once for many shards.
 BATCHES = consecutive(PLAN.shards, config["download"]["shards_per_job"])

@@ -1,6 +1,9 @@
 """The presets under config/presets: each plans and dry-runs on synthetic metadata with its release's columns,
 with only input.paths edited."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -61,6 +64,9 @@ def test_preset_dry_runs_on_its_release_columns(tmp_path, preset):
     embedding = "precomputed_chunk" if config["embed"].get("precomputed") else "embed_chunk"
     for rule in ("download_batch", embedding, "index_train", "index_add", "index_merge", "curate_subset", "reshard"):
         assert rule in jobs, rule
+    assert not (tmp_path / "results").exists(), "the dry run wrote results"  # it planned in a temporary folder
+    plan = [sys.executable, "-m", "clipflow.cli", "plan", "--config", "config.yaml"]
+    assert subprocess.run(plan, cwd=tmp_path, capture_output=True, text=True).returncode == 0
     planned = yaml.safe_load((tmp_path / "results/plan/state.json").read_text())
     assert planned["sources"][0]["rows"] == ROWS
     shard = pd.read_parquet(tmp_path / "results/plan/shards/00000000.parquet")

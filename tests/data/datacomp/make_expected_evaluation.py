@@ -70,6 +70,7 @@ def main() -> None:
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "CUDA_VISIBLE_DEVICES": "",
+        **datacomp_evalsets.CPU_KERNELS,
     }
     subprocess.run([sys.executable, "-c", runner, *arguments], check=True, cwd=DATACOMP, env=environment)
     results = (work / "out" / "eval_results.jsonl").read_text()

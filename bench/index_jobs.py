@@ -85,8 +85,8 @@ def sample_queries(paths: list[Path], count: int, rng) -> np.ndarray:
 
 def index_folder(folder: Path, data: Path, paths: list[Path]) -> None:
     folder.mkdir()
-    write_metadata(sorted(data.glob("*.parquet")), folder / "metadata.arrow")
     (folder / "model.json").write_text("{}")
+    write_metadata(sorted(data.glob("*.parquet")), folder / "metadata.arrow", folder / "model.json")
     write_manifest(paths, folder, folder / "image.vectors.json")
 
 

@@ -63,8 +63,8 @@ def index_folder(vectors: np.ndarray, root: Path, options: dict) -> tuple[Path, 
         pd.DataFrame({"uid": np.arange(start, min(start + PER_FILE, len(vectors))).astype(str)}).to_parquet(
             parquets[-1]
         )
-    write_metadata(parquets, folder / "metadata.arrow")
     (folder / "model.json").write_text("{}")
+    write_metadata(parquets, folder / "metadata.arrow", folder / "model.json")
     write_manifest(paths, folder, folder / "image.vectors.json")
     started = time.perf_counter()
     infos = build_index(paths, folder / "image.index", folder / "image.infos.json", options)

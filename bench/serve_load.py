@@ -66,8 +66,7 @@ def synthetic_index(folder: Path, count: int, manifest: Path, memory: str) -> No
     build_index([folder / "vectors.npy"], folder / "image.index", folder / "image.infos.json", options)
     print(f"built the {count:,}-vector index in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     shutil.copyfile(folder / "image.index", folder / "text.index")
-    write_metadata([folder / "metadata.parquet"], folder / "metadata.arrow")
-    shutil.copyfile(manifest, folder / "model.json")
+    write_metadata([folder / "metadata.parquet"], folder / "metadata.arrow", manifest)
 
 
 def free_port() -> int:

@@ -1,9 +1,11 @@
 """The `clipflow` command."""
 
 import argparse
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from clipflow.errors import ClipflowError
 from clipflow.index.vectors import RERANK_FACTOR
@@ -70,36 +72,45 @@ def _serve(args) -> None:
 
 
 def _verify(args) -> None:
-    from clipflow.index.folder import MODALITIES, infos_path
+    from clipflow.index.folder import RECORDED, folder_records, infos_path
     from clipflow.shards import verify_folder
 
-    if any(infos_path(args.folder, modality).exists() for modality in MODALITIES):
-        _verify_index(args.folder, args.remove_damaged)
+    folder = Path(args.folder)
+    if any(infos_path(folder, name).exists() for name in RECORDED):
+        _verify_records(folder_records(folder), beside=True, remove=args.remove_damaged, what="index")
         return
-    damaged, checked = verify_folder(args.folder, remove=args.remove_damaged)
+    if (folder / "info").is_dir():  # an embeddings folder: a record per chunk
+        _verify_records(sorted((folder / "info").glob("*.json")), beside=False, remove=args.remove_damaged,
+                        what="embedding")  # fmt: skip
+        return
+    damaged, checked = verify_folder(folder, remove=args.remove_damaged)
     for shard, why in damaged.items():
         print(f"{shard}: damaged, {why}" + (" (removed)" if args.remove_damaged else ""))
-    print(f"{checked} complete shards checked in {args.folder}: {len(damaged)} damaged")
+    print(f"{checked} complete shards checked in {folder}: {len(damaged)} damaged")
     if damaged and not args.remove_damaged:
         print("clipflow verify --remove-damaged removes them; the next workflow run downloads them again")
     if damaged:
         sys.exit(1)
 
 
-def _verify_index(folder, remove: bool) -> None:
-    """An index folder's files against the sizes and sha256 its merges recorded; with `remove`, a damaged
-    index's record goes, so that the next run builds it again."""
-    from clipflow.index.folder import MODALITIES, index_damage, infos_path
+def _verify_records(records: list, beside: bool, remove: bool, what: str) -> None:
+    """Files against the sizes and sha256 their records list (relative to the record's folder, or with `beside`
+    false to the folder above it); with `remove`, a damaged file's record goes, so that the next run writes it
+    again."""
+    from clipflow.files import record_damage
 
-    damaged = {modality: index_damage(folder, modality, deep=True) for modality in MODALITIES}
-    damaged = {modality: problems for modality, problems in damaged.items() if problems}
-    for modality, problems in damaged.items():
-        print(f"{modality} index: damaged, {'; '.join(problems)}" + (" (record removed)" if remove else ""))
-        if remove:
-            infos_path(folder, modality).unlink()
-    print(f"{len(MODALITIES)} indices checked in {folder}: {len(damaged)} damaged")
+    damaged = {}
+    for record in records:
+        root = record.parent if beside else record.parent.parent
+        problems = record_damage(json.loads(record.read_text()), root, deep=True)
+        if problems:
+            damaged[record] = problems
+            print(f"{record}: damaged, {'; '.join(problems)}" + (" (record removed)" if remove else ""))
+            if remove:
+                record.unlink()
+    print(f"{len(records)} {what} records checked: {len(damaged)} damaged")
     if damaged and not remove:
-        print("clipflow verify --remove-damaged removes their records; the next workflow run builds them again")
+        print("clipflow verify --remove-damaged removes their records; the next workflow run writes them again")
     if damaged:
         sys.exit(1)
 
@@ -172,13 +183,16 @@ def main(argv: list[str] | None = None) -> None:
     serve.set_defaults(run=_serve)
 
     verify = commands.add_parser(
-        "verify", help="check every shard's tar, or an index folder's files, against their recorded sizes and sha256"
+        "verify", help="check a folder of shards, embeddings or an index against their recorded sizes and sha256"
     )
-    verify.add_argument("folder", nargs="?", default="results/shards", help="a folder of shards, or an index folder")
+    verify.add_argument(
+        "folder", nargs="?", default="results/shards", help="a folder of shards, of embeddings, or an index folder"
+    )
     verify.add_argument(
         "--remove-damaged",
         action="store_true",
-        help="remove damaged shards (or a damaged index's record), so that the next run writes them again",
+        help="remove damaged shards (or the records of damaged embeddings or index files), so that the next run "
+        "writes them again",
     )
     verify.set_defaults(run=_verify)
 

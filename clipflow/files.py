@@ -98,6 +98,30 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def written_record(paths, relative_to: Path | str) -> dict:
+    """What a job's record keeps of the files it wrote, by their paths relative to `relative_to`: their sizes
+    (what the start of a run and every reader compare: a stat) and their sha256 (what clipflow verify compares)."""
+    return {
+        "file_sizes": sizes(paths, relative_to),
+        "file_sha256": {Path(path).relative_to(relative_to).as_posix(): sha256_file(path) for path in paths},
+    }
+
+
+def record_damage(record: dict, relative_to: Path | str, deep: bool = False) -> list[str]:
+    """What is wrong with the files a `written_record` lists: missing, another size, or (with `deep`) another
+    sha256 (where the record has one: records of embeddings written before sha256s were kept list sizes only)."""
+    problems = []
+    for name, size in record.get("file_sizes", {}).items():
+        path = Path(relative_to) / name
+        if not path.exists():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != size:
+            problems.append(f"{path}: {path.stat().st_size} bytes, {size} were written")
+        elif deep and name in record.get("file_sha256", {}) and sha256_file(path) != record["file_sha256"][name]:
+            problems.append(f"{path}: its sha256 is not the one written")
+    return problems
+
+
 def sizes(paths, relative_to: Path | str) -> dict[str, int]:
     """Each file's size in bytes by its path relative to `relative_to`: what a job's record lists of the files
     it wrote, for clipflow.workflow.reopen_incomplete to compare."""

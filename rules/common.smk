@@ -99,6 +99,22 @@ def chunk_record(chunk):
     return f"{EMBEDDINGS_DIR}/info/{chunk}.json"
 
 
+def index_records():
+    """Each record of the index folder, with the files it lists (relative to INDEX_DIR)."""
+    records = {f"{INDEX_DIR}/metadata.infos.json": ["metadata.arrow", "model.json"]}
+    for modality in ("image", "text"):
+        records[f"{INDEX_DIR}/{modality}.infos.json"] = [
+            f"{modality}.index",
+            f"{modality}.ivfdata",
+        ]
+        records[f"{INDEX_DIR}/{modality}/trained.json"] = [f"{modality}/trained.index"]
+        for chunk in CHUNKS:
+            records[f"{INDEX_DIR}/{modality}/parts/{chunk}.json"] = [
+                f"{modality}/parts/{chunk}.index"
+            ]
+    return records
+
+
 def shard_embeddings(kind, shards):
     return [f"{EMBEDDINGS_DIR}/{SHARD_FILES[kind].format(shard=shard)}" for shard in shards]
 
@@ -130,15 +146,12 @@ if workflow.is_main_process:
             remove=not READ_ONLY,
         )
     )
-    # The merged indices: their infos list the sizes of the .index and the mapped .ivfdata.
+    # The index's files, each listed with its size in a record beside it.
     REOPENED.update(
         reopen_incomplete(
             {
-                f"{INDEX_DIR}/{modality}.infos.json": [
-                    f"{INDEX_DIR}/{modality}.index",
-                    f"{INDEX_DIR}/{modality}.ivfdata",
-                ]
-                for modality in ("image", "text")
+                record: [f"{INDEX_DIR}/{name}" for name in names]
+                for record, names in index_records().items()
             },
             beside=True,
             remove=not READ_ONLY,
@@ -339,8 +352,6 @@ def get_final_outputs():
         name=[
             "image.index",
             "text.index",
-            "image.infos.json",  # the merges' records: one removed at the start of a run rebuilds its index
-            "text.infos.json",
             "metadata.arrow",
             "model.json",
             "image.vectors.json",
@@ -357,6 +368,7 @@ def get_final_outputs():
         DOWNLOADED,
         EMBEDDED,
         *index,
+        *index_records(),  # a record removed at the start of a run rebuilds what it lists
         *summaries,
         *curation_outputs(),
         *evaluation_outputs(),

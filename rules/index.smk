@@ -43,6 +43,7 @@ rule index_train:
     params:
         rows=TRAINED_ROWS,
         options=index_training_options(),
+        repair=repair(f"{INDEX_DIR}/{{modality}}/trained.json"),
     script:
         "../scripts/index_train.py"
 
@@ -53,6 +54,7 @@ rule index_add:
         chunk=lambda wildcards: chunk_record(wildcards.chunk),
     output:
         part=f"{INDEX_DIR}/{{modality}}/parts/{{chunk}}.index",
+        record=f"{INDEX_DIR}/{{modality}}/parts/{{chunk}}.json",
     log:
         "logs/index/{modality}/add_{chunk}.log",
     benchmark:
@@ -62,6 +64,8 @@ rule index_add:
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: config["index"]["part_mem_mb"] * attempt,
+    params:
+        repair=repair(f"{INDEX_DIR}/{{modality}}/parts/{{chunk}}.json"),
     script:
         "../scripts/index_add.py"
 
@@ -134,6 +138,7 @@ rule index_metadata:
     output:
         metadata=f"{INDEX_DIR}/metadata.arrow",
         manifest=f"{INDEX_DIR}/model.json",
+        record=f"{INDEX_DIR}/metadata.infos.json",
     log:
         "logs/index/metadata.log",
     conda:
@@ -141,6 +146,8 @@ rule index_metadata:
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
+    params:
+        repair=repair(f"{INDEX_DIR}/metadata.infos.json"),
     script:
         "../scripts/index_metadata.py"
 

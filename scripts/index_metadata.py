@@ -1,5 +1,3 @@
-import shutil
-
 from clipflow.embed import embedding_files
 from clipflow.shards import listed_shards
 from clipflow.index.folder import write_metadata
@@ -7,5 +5,4 @@ from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
     folder, shards = listed_shards(snakemake.input.chunks)  # the embeddings folder, the pool's shards
-    write_metadata(embedding_files(folder, shards, "metadata"), snakemake.output.metadata)
-    shutil.copyfile(snakemake.input.manifest, snakemake.output.manifest)
+    write_metadata(embedding_files(folder, shards, "metadata"), snakemake.output.metadata, snakemake.input.manifest)

@@ -62,7 +62,7 @@ def build_index_folder(root: Path) -> Path:
             },
         )
         write_manifest([outputs[modality]], index, index / f"{modality}.vectors.json")
-    write_metadata([outputs["metadata"]], index / "metadata.arrow")
+    write_metadata([outputs["metadata"]], index / "metadata.arrow", index / "model.json")
     build_vector_index(root / "vectors", index / "model.json")
     write_score_models(root)
     spec = {
@@ -137,8 +137,7 @@ def build_vector_index(folder: Path, manifest: Path) -> None:
             },
         )
         write_manifest([folder / "vectors.npy"], folder, folder / f"{modality}.vectors.json")
-    write_metadata([folder / "metadata.parquet"], folder / "metadata.arrow")
-    shutil.copyfile(manifest, folder / "model.json")
+    write_metadata([folder / "metadata.parquet"], folder / "metadata.arrow", manifest)
 
 
 class Server:

@@ -254,7 +254,7 @@ def embed_chunk(
         "samples_per_second": len(metadata) / max(finished - loaded, 1e-9),
         "batch_size": batch_size,
         "images_prepared": "on the GPU" if on_gpu else "by the CPU workers",
-        "file_sizes": files.sizes([p for s in shards for p in shard_outputs(folder, s).values()], relative_to=folder),
+        **files.written_record([p for s in shards for p in shard_outputs(folder, s).values()], relative_to=folder),
     }
     Path(record).parent.mkdir(parents=True, exist_ok=True)
     files.write_json(record, info)

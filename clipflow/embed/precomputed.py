@@ -116,7 +116,7 @@ def read_precomputed_chunk(
         "per_shard": per_shard,
         "seconds": {"model_load": 0.0, "embedding": seconds},
         "samples_per_second": embedded / max(seconds, 1e-9),
-        "file_sizes": files.sizes([p for s in shards for p in shard_outputs(folder, s).values()], relative_to=folder),
+        **files.written_record([p for s in shards for p in shard_outputs(folder, s).values()], relative_to=folder),
     }
     Path(record).parent.mkdir(parents=True, exist_ok=True)
     files.write_json(record, info)

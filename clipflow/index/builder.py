@@ -103,14 +103,20 @@ def train_index(paths: list, rows: int, options: dict, index_path: Path | str, i
         "trained_rows": rows,
         "train_vectors": size,
         "train_seconds": time.perf_counter() - started,
+        **files.written_record([index_path], Path(index_path).parent),
     }
     files.write_json(infos_path, infos)
     log.info("trained %s for %d rows on %d of %d vectors", key, rows, size, len(stored))
     return infos
 
 
+def part_record(part_path: Path | str) -> Path:
+    """The record beside a part: its vector count, size and sha256."""
+    return Path(part_path).with_suffix(".json")
+
+
 def add_part(trained_path: Path | str, paths: list, part_path: Path | str) -> int:
-    """A copy of the trained index holding the vectors of `paths`, ids from 0; returns how many."""
+    """A copy of the trained index holding the vectors of `paths`, ids from 0, and its record; returns how many."""
     index = faiss.read_index(str(trained_path))
     for path in paths:
         vectors = np.load(path, mmap_mode="r")
@@ -120,7 +126,9 @@ def add_part(trained_path: Path | str, paths: list, part_path: Path | str) -> in
     faiss.extract_index_ivf(index).quantizer.reset()
     with files.replacing(part_path) as tmp:
         faiss.write_index(index, str(tmp))
-    return int(index.ntotal)
+    record = {"vectors": int(index.ntotal), **files.written_record([part_path], Path(part_path).parent)}
+    files.write_json(part_record(part_path), record)
+    return record["vectors"]
 
 
 def ivfdata_path(index_path: Path | str) -> Path:
@@ -134,6 +142,8 @@ def merge_parts(
     """The parts' lists, in order, into the trained index's on-disk lists (ids shifted by the rows before each
     part), then the search parameters autofaiss tunes to `max_index_query_time_ms`."""
     started = time.perf_counter()
+    for path in part_paths:  # a stat each, before anything is written
+        _check_part(path)
     trained_infos = json.loads(Path(trained_infos_path).read_text())
     index_path, lists_path = Path(index_path), ivfdata_path(index_path)
     index = faiss.read_index(str(trained_path))
@@ -170,14 +180,21 @@ def merge_parts(
         "parts": len(part_paths),
         "merge_seconds": time.perf_counter() - started,
         # what the start of a run (sizes), ClipIndex (sizes) and clipflow verify (checksums) check them against
-        "file_sizes": files.sizes(written, index_path.parent),
-        "file_sha256": {path.name: files.sha256_file(path) for path in written},
+        **files.written_record(written, index_path.parent),
     }
     files.write_json(infos_path, infos)
     log.info(
         "merged %d parts, %d vectors, into %s (%s %s)", len(part_paths), total, index_path, infos["index_key"], params
     )
     return infos
+
+
+def _check_part(path: Path | str) -> None:
+    """A part against the size its record gives (a part written before records has none: faiss reads it whole)."""
+    record = part_record(path)
+    damage = files.record_damage(json.loads(record.read_text()), record.parent) if record.exists() else []
+    if damage:
+        raise ClipflowError(f"damaged index part: {'; '.join(damage)}; the next workflow run adds it again")
 
 
 def without_read_ahead(index: faiss.Index) -> None:

@@ -29,12 +29,16 @@ from clipflow.index.vectors import RERANK_FACTOR, StoredVectors
 MODALITIES = ("image", "text")
 REBUILD = "the next workflow run (snakemake) builds it again"
 RESULT_COLUMNS = ("uid", "url", "caption")
+MODEL_MANIFEST = "model.json"  # the model's manifest as the index was built with it: queries embed through it
+RECORDED = (*MODALITIES, "metadata")  # what an index folder's records (`NAME.infos.json`) stand for
 
 
-def write_metadata(parquets: list, path: Path | str) -> int:
-    """Concatenate the chunks' metadata, in index order, into one Arrow IPC file; returns the row count. One
-    file at a time is read, cast to the schema they all fit (a column a file lacks is null there), and written:
-    the job holds one shard's metadata at any pool size."""
+def write_metadata(parquets: list, path: Path | str, manifest: Path | str) -> int:
+    """Concatenate the chunks' metadata, in index order, into one Arrow IPC file, copy the model's manifest beside
+    it and record both (`metadata.infos.json`); returns the row count. One file at a time is read, cast to the
+    schema they all fit (a column a file lacks is null there), and written: the job holds one shard's metadata at
+    any pool size."""
+    path = Path(path)
     schema = files.unified_schema(parquets)
     rows = 0
     with files.replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
@@ -42,6 +46,10 @@ def write_metadata(parquets: list, path: Path | str) -> int:
             table = files.fitted(pq.read_table(parquet), schema)
             writer.write_table(table)
             rows += table.num_rows
+    copied = path.parent / MODEL_MANIFEST
+    files.write_bytes(copied, Path(manifest).read_bytes())
+    record = {"rows": rows, **files.written_record([path, copied], path.parent)}
+    files.write_json(infos_path(path.parent, "metadata"), record)
     return rows
 
 
@@ -62,27 +70,26 @@ def _read_index(path: Path) -> faiss.Index:
     return index
 
 
-def infos_path(folder: Path | str, modality: str) -> Path:
-    return Path(folder) / f"{modality}.infos.json"
+def infos_path(folder: Path | str, name: str) -> Path:
+    """The record of a modality's index files (written by its merge) or of the metadata ("metadata")."""
+    return Path(folder) / f"{name}.infos.json"
 
 
-def index_damage(folder: Path | str, modality: str, deep: bool = False) -> list[str]:
-    """What is wrong with a modality's index files by the record of them the merge wrote (their sizes, or with
-    `deep` their sha256 too); nothing is known of an index folder written before that record."""
-    record = infos_path(folder, modality)
-    if not record.exists():
-        return []
-    infos = json.loads(record.read_text())
-    problems = []
-    for name, size in infos.get("file_sizes", {}).items():
-        path = Path(folder) / name
-        if not path.exists():
-            problems.append(f"{path}: missing")
-        elif path.stat().st_size != size:
-            problems.append(f"{path}: {path.stat().st_size} bytes, {size} were written")
-        elif deep and files.sha256_file(path) != infos["file_sha256"][name]:
-            problems.append(f"{path}: its sha256 is not the one written")
-    return problems
+def folder_records(folder: Path | str) -> list[Path]:
+    """Every record in an index folder: the metadata's and the merged indices' (`NAME.infos.json`), and behind each
+    index its trained index's and its parts' (what the next merge reads)."""
+    folder = Path(folder)
+    records = [infos_path(folder, name) for name in RECORDED]
+    for modality in MODALITIES:
+        records += [folder / modality / "trained.json", *sorted((folder / modality / "parts").glob("*.json"))]
+    return [record for record in records if record.exists()]
+
+
+def index_damage(folder: Path | str, name: str, deep: bool = False) -> list[str]:
+    """What is wrong with a modality's index files, or the metadata's ("metadata"), by the record of them written
+    with them (their sizes, or with `deep` their sha256 too); nothing is known of files written before records."""
+    record = infos_path(folder, name)
+    return files.record_damage(json.loads(record.read_text()), folder, deep) if record.exists() else []
 
 
 def short_lists(index: faiss.Index) -> str | None:
@@ -110,11 +117,14 @@ class ClipIndex:
             raise ClipflowError(f"rerank_factor must be a whole number of 1 or more, not {rerank_factor!r}")
         self.folder = Path(folder)
         self.rerank_factor = rerank_factor
-        missing = [name for name in ("metadata.arrow", "model.json") if not (self.folder / name).exists()]
+        missing = [name for name in ("metadata.arrow", MODEL_MANIFEST) if not (self.folder / name).exists()]
         if not self.folder.is_dir() or missing:
             raise ClipflowError(
                 f"{self.folder}: not an index folder (missing {missing or 'the folder'}); run the workflow first"
             )
+        damage = index_damage(self.folder, "metadata")  # the metadata is mapped too
+        if damage:
+            raise ClipflowError(f"damaged index metadata: {'; '.join(damage)}; {REBUILD}")
         try:
             self.metadata = pa.ipc.open_file(pa.memory_map(str(self.folder / "metadata.arrow"))).read_all()
         except (pa.ArrowInvalid, OSError) as error:
@@ -122,7 +132,7 @@ class ClipIndex:
         # Rows are fetched batch by batch: Table.take over many record batches costs ~40 ms at 1M rows.
         self._batches = self.metadata.to_batches()
         self._batch_starts = np.cumsum([0] + [batch.num_rows for batch in self._batches])
-        self.model_manifest = self.folder / "model.json"
+        self.model_manifest = self.folder / MODEL_MANIFEST
         self._indices = {}
         self._stored = {}
 

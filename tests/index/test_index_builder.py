@@ -112,7 +112,9 @@ def test_metadata_file_concatenates_chunks_of_different_columns(tmp_path):
     ]
     for i, chunk in enumerate(chunks):
         pq.write_table(chunk, tmp_path / f"{i}.parquet")
-    assert write_metadata([tmp_path / f"{i}.parquet" for i in range(3)], tmp_path / "metadata.arrow") == 4
+    (tmp_path / "manifest.json").write_text("{}")
+    parquets = [tmp_path / f"{i}.parquet" for i in range(3)]
+    assert write_metadata(parquets, tmp_path / "metadata.arrow", tmp_path / "manifest.json") == 4
     table = pa.ipc.open_file(pa.memory_map(str(tmp_path / "metadata.arrow"))).read_all()
     assert table.schema.names == ["uid", "caption", "width", "extra"]
     assert table.column("width").type == pa.int64() and table.column("extra").type == pa.float64()

@@ -232,3 +232,24 @@ def test_a_short_lists_file_is_refused_by_name_without_a_record(tmp_path):
     os.truncate(lists, lists.stat().st_size - 1)
     with pytest.raises(ClipflowError, match=rf"damaged index: {lists}: \d+ bytes, \d+ listed"):
         ClipIndex(folder).index("image")
+
+
+def test_a_truncated_part_is_refused_by_name_before_the_merge_reads_it(tmp_path):
+    """Each part's record lists its size and sha256: a part cut short is named, not read by faiss as a whole."""
+    vectors = unit_rows(300, 16, seed=4)
+    trained = faiss.index_factory(16, "IVF4,Flat", faiss.METRIC_INNER_PRODUCT)
+    trained.train(vectors.astype(np.float32))
+    faiss.write_index(trained, str(tmp_path / "trained.index"))
+    (tmp_path / "trained.json").write_text(json.dumps({"index_key": "IVF4,Flat", "exact": True}))
+    np.save(tmp_path / "0.npy", vectors)
+    part = tmp_path / "parts/0.index"
+    part.parent.mkdir()
+    assert add_part(tmp_path / "trained.index", [tmp_path / "0.npy"], part) == 300
+    record = json.loads(part.with_suffix(".json").read_text())
+    assert record["vectors"] == 300 and record["file_sizes"] == {"0.index": part.stat().st_size}
+    assert set(record["file_sha256"]) == {"0.index"}
+    os.truncate(part, part.stat().st_size - 8)
+    trained_files = tmp_path / "trained.index", tmp_path / "trained.json"
+    with pytest.raises(ClipflowError, match=rf"damaged index part: {part}: \d+ bytes, \d+ were written"):
+        merge_parts(*trained_files, [part], tmp_path / "image.index", tmp_path / "image.infos.json", OPTIONS)
+    assert not (tmp_path / "image.index").exists()

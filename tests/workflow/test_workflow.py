@@ -432,10 +432,11 @@ def test_killed_download_leaves_no_complete_shard(tmp_path, image_server):
     assert "download_batch[00000000]" in jobs_in_dry_run(tmp_path)
 
 
-def test_a_truncated_index_is_refused_by_name_and_built_again(workflow_run):
+def test_a_truncated_index_file_is_refused_by_name_and_written_again(workflow_run):
     workdir, _ = workflow_run
     index = workdir / "results/index"
-    lists, text_index = index / "image.ivfdata", index / "text.index"
+    lists, text_index, metadata = index / "image.ivfdata", index / "text.index", index / "metadata.arrow"
+    part = sorted((index / "image/parts").glob("*.index"))[0]
     os.truncate(lists, lists.stat().st_size // 2)  # searched through a memory map: a bus error, unchecked
     os.truncate(text_index, text_index.stat().st_size - 100)
     query = clipflow_cli("query", "another good image", cwd=workdir)
@@ -444,15 +445,50 @@ def test_a_truncated_index_is_refused_by_name_and_built_again(workflow_run):
     by_text = clipflow_cli("query", "another good image", "--modality", "text", cwd=workdir)
     assert by_text.returncode == 1 and "Traceback" not in by_text.stderr
     assert "results/index/text.index: " in by_text.stderr
+    os.truncate(metadata, metadata.stat().st_size - 100)  # mapped too
+    by_metadata = clipflow_cli("query", "another good image", "--modality", "text", cwd=workdir)
+    assert by_metadata.returncode == 1 and "Traceback" not in by_metadata.stderr
+    assert "damaged index metadata: results/index/metadata.arrow: " in by_metadata.stderr
+    os.truncate(part, part.stat().st_size - 8)  # read by the next merge
     verified = clipflow_cli("verify", str(index), cwd=workdir)
     assert verified.returncode == 1, verified.stdout + verified.stderr
-    assert "image index: damaged" in verified.stdout and "text index: damaged" in verified.stdout
-    assert "2 indices checked" in verified.stdout
-    assert jobs_in_dry_run(workdir) == ["all", "index_merge[image]", "index_merge[text]", "summarize_benchmarks"]
+    damaged = [line.split(": damaged")[0] for line in verified.stdout.splitlines() if ": damaged" in line]
+    records = ["metadata.infos.json", "image.infos.json", "text.infos.json", f"image/parts/{part.stem}.json"]
+    assert sorted(damaged) == sorted(str(index / record) for record in records), verified.stdout
+    parts = len(list(index.glob("image/parts/*.json")))
+    assert f"{3 + 2 * (1 + parts)} index records checked: 4 damaged" in verified.stdout  # merges, metadata, trained
+    assert jobs_in_dry_run(workdir) == [
+        "all",
+        "index_add[image]",
+        "index_merge[image]",
+        "index_merge[text]",
+        "index_metadata",
+        "list_index_parts[image]",
+        "summarize_benchmarks",
+    ]
     run_snakemake(workdir, "--cores", "2")
     assert jobs_in_dry_run(workdir) == []
     assert clipflow_cli("verify", str(index), cwd=workdir).returncode == 0
     assert clipflow_cli("query", "another good image", cwd=workdir).returncode == 0
+
+
+def test_verify_finds_an_embedding_changed_in_place_and_the_next_run_embeds_it_again(workflow_run):
+    """Same size, other bytes: only the sha256 in the chunk's record tells."""
+    workdir, _ = workflow_run
+    embeddings = workdir / "results/embeddings"
+    vectors = sorted((embeddings / "image").glob("*.npy"))[0]
+    original = vectors.read_bytes()
+    vectors.write_bytes(original[:-2] + bytes(2))
+    chunks = len(list((embeddings / "info").glob("*.json")))
+    verified = clipflow_cli("verify", str(embeddings), "--remove-damaged", cwd=workdir)
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert f"{vectors}: its sha256 is not the one written" in verified.stdout
+    assert f"{chunks} embedding records checked: 1 damaged" in verified.stdout
+    assert "embed_chunk" in " ".join(jobs_in_dry_run(workdir))
+    run_snakemake(workdir, "--cores", "2")
+    assert vectors.read_bytes() == original  # the same model on the same images
+    assert clipflow_cli("verify", str(embeddings), cwd=workdir).returncode == 0
+    assert jobs_in_dry_run(workdir) == []
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,7 @@ def _serve(args) -> None:
         precision=args.precision,
         public_url=args.public_url,
         body_timeout_seconds=args.body_timeout,
+        header_timeout_seconds=args.header_timeout,
     )
     serve(args.indices, args.host, args.port, limits)
 
@@ -169,6 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--max-body-mb", type=int, default=10, help="largest request body (and fetched image)")
     serve.add_argument(
         "--body-timeout", type=float, default=30, help="seconds a request body may take to arrive (then 408)"
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=15,
+        help="seconds a connection may go without sending a whole request header, idle keep-alive connections "
+        "too (then it is closed)",
     )
     serve.add_argument(
         "--allow-private-urls", action="store_true", help="let image_url reach private and loopback addresses"

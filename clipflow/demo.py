@@ -80,11 +80,10 @@ def metadata_is_current(path: Path | str, images: int, port: int) -> bool:
 def write_metadata(path: Path | str, images: int, port: int) -> None:
     """Write the demo CSV, leaving the file (and its fingerprint in the plan) alone when unchanged."""
     path = Path(path)
-    text = metadata(images, port).to_csv(index=False)
-    if path.exists() and path.read_text() == text:
+    if metadata_is_current(path, images, port):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(metadata(images, port).to_csv(index=False))
 
 
 def render(index: int) -> Image.Image:

@@ -1,5 +1,7 @@
 """The index folder: image.index, text.index, metadata.arrow, model.json and {image,text}.vectors.json, written by
-the workflow and read by query, filter, serve and the notebook.
+the workflow and read by query, filter, serve and the notebook. Each file is listed with its size and sha256 in a
+record written with it (`NAME.infos.json`, and for the trained indices and parts a `.json` beside each): the start of
+a run and every reader compare sizes, `clipflow verify` the sha256s.
 
 The faiss indices keep their inverted lists on disk (`{modality}.ivfdata`, memory-mapped) and the metadata is an
 Arrow IPC file read through a memory map, so opening a large index costs little time or RAM; rows are taken by id.

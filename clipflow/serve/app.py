@@ -331,4 +331,13 @@ def serve(indices_json: Path | str, host: str, port: int, limits: Limits) -> Non
     limits = replace(limits, public_url=limits.public_url.rstrip("/"))
     service = Service(load_indices(indices_json, limits), limits)
     log.info("serving %s on http://%s:%d", list(service.indices), host, port)
-    web.run_app(service.app(), host=host, port=port, print=None, access_log=None)
+    # aiohttp closes a connection that has not sent a whole request header when its keep-alive timer ends (set when
+    # it connects and after each response): that timer is the header timeout, for idle connections too.
+    web.run_app(
+        service.app(),
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+        keepalive_timeout=limits.header_timeout_seconds,
+    )

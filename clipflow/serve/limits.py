@@ -17,5 +17,6 @@ class Limits:
     large_image_pixels: int = 16_000_000  # images over this (a 4000x4000 PNG takes ~1 s) take their own lane
     decode_wait_seconds: float = 10  # how long an image may wait for its lane before the answer is a 503
     body_timeout_seconds: float = 30  # a request body not received whole by then is answered 408
+    header_timeout_seconds: float = 15  # a connection without a whole request header by then is closed
     public_url: str = ""  # the server's address as clients reach it, for shard_url ("": where it listens)
     max_text_chars: int = 10_000  # CLIP reads 77 tokens, at most 32 characters each: the rest is cut unread

@@ -134,7 +134,7 @@ def grown(tmp_path_factory):
     run_snakemake(workdir, "--cores", "2", *targets)
     before = {
         "trained": (workdir / "results/index/image/trained.index").stat().st_mtime_ns,
-        "parts": {p.name: p.stat().st_mtime_ns for p in (workdir / "results/index/image/parts").iterdir()},
+        "parts": {p.name: p.stat().st_mtime_ns for p in (workdir / "results/index/image/parts").glob("*.index")},
         "uids": metadata_uids(workdir),
         "found": ClipIndex(workdir / "results/index").search(
             np.load(workdir / "data/part-0.npz")["img"][:300:7], "image", 5
@@ -160,7 +160,7 @@ def test_a_new_input_file_adds_parts_and_keeps_ids(grown):
         ["index_add[image]"] * 2 + ["precomputed_chunk[00000012]", "precomputed_chunk[00000014]"]
         + ["index_merge[image]", "list_index_parts[image]", "index_metadata", "index_vectors[image]", "list_chunks"]
     )  # fmt: skip
-    parts = {p.name: p.stat().st_mtime_ns for p in (workdir / "results/index/image/parts").iterdir()}
+    parts = {p.name: p.stat().st_mtime_ns for p in (workdir / "results/index/image/parts").glob("*.index")}
     assert {name: parts[name] for name in before["parts"]} == before["parts"]  # old parts untouched
     assert len(parts) == 8
     assert (workdir / "results/index/image/trained.index").stat().st_mtime_ns == before["trained"]

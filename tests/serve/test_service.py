@@ -37,7 +37,7 @@ from served import (  # noqa: F401 - indices is a fixture
 
 @pytest.fixture(scope="module")
 def server(indices):
-    server = Server(indices, "--body-timeout", "3")
+    server = Server(indices, "--body-timeout", "3", "--header-timeout", "3")
     yield server
     server.stop()
 
@@ -495,6 +495,13 @@ def test_an_image_that_waits_too_long_for_its_lane_is_a_503():
 
 def test_a_body_that_drips_is_a_408_and_malformed_requests_log_one_line_each(server):
     import socket
+
+    for sent in (b"", b"GET /heal", b"GET /health HTTP/1.1\r\nHost: x\r\n"):  # idle, half a line, no blank line
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
+            client.sendall(sent)
+            started = time.monotonic()
+            assert client.recv(65536) == b"", sent  # closed, without an answer
+            assert 2 < time.monotonic() - started < 10, sent
 
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
         client.sendall(b"POST /knn-service HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")

@@ -3,11 +3,7 @@
 import json
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 
 def pair_similarities(image_paths, text_paths) -> np.ndarray:
@@ -95,8 +91,20 @@ def _model_title(summary: dict) -> str:
     return f"{provenance.get('model')} ({weights}) on {provenance.get('device')}"
 
 
+def _pyplot():
+    """matplotlib, imported by the plots only: the download and curation jobs import this module's similarities and
+    run in environments without it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_throughput(summary: dict, path) -> None:
     jobs = summary["jobs"]
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.bar([j["chunk"] for j in jobs], [j["samples_per_second"] for j in jobs], color="tab:blue")
     ax.set_xlabel("job (first shard)")
@@ -110,6 +118,7 @@ def plot_throughput(summary: dict, path) -> None:
 
 def plot_similarity(similarities: SimilarityHistogram, summary: dict, path) -> None:
     counts, edges = similarities.binned()
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.hist(edges[:-1], bins=edges, weights=counts, color="tab:purple")
     ax.set_xlabel("cosine similarity of image and caption embeddings")

@@ -1,6 +1,7 @@
 """The `clipflow` command."""
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -122,13 +123,26 @@ def _demo_serve(args) -> None:
     serve(args.folder, args.port, parent_pid=args.parent_pid)
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default, where it has one worth showing."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == "":
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="clipflow", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    from clipflow import __version__
+
+    parser = argparse.ArgumentParser(prog="clipflow", description=__doc__, formatter_class=HelpWithDefaults)
+    parser.add_argument("--version", action="version", version=f"clipflow {__version__}")
+    with_defaults = functools.partial(argparse.ArgumentParser, formatter_class=HelpWithDefaults)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=with_defaults)
 
     plan = commands.add_parser("plan", help="ingest, deduplicate and plan shards (the workflow does this itself)")
-    plan.add_argument("--config", default="config/config.yaml")
-    plan.add_argument("--plan-dir", default="results/plan")
+    plan.add_argument("--config", default="config/config.yaml", help="the workflow's config file")
+    plan.add_argument("--plan-dir", default="results/plan", help="where the plan is kept")
     plan.set_defaults(run=_plan)
 
     query = commands.add_parser("query", help="nearest neighbours of a text or an image")
@@ -137,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     query.add_argument("--index", default="results/index", help="the index folder the workflow wrote")
     query.add_argument("--modality", choices=["image", "text"], default="image", help="which embeddings to search")
     query.add_argument("-k", type=int, default=10, help="how many results")
-    query.add_argument("--format", choices=["jsonl", "table"], default="jsonl")
+    query.add_argument("--format", choices=["jsonl", "table"], default="jsonl", help="one JSON object a line, or a table")
     query.add_argument("--rerank-factor", type=int, default=RERANK_FACTOR, help=RERANK_HELP)
     query.set_defaults(run=_query)
 
@@ -158,12 +172,12 @@ def main(argv: list[str] | None = None) -> None:
         "--indices", default="indices.json", help='{"name": {"index": FOLDER, "shards": FOLDER}}, paths relative to it'
     )
     serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to answer other machines")
-    serve.add_argument("--port", type=int, default=1234)
+    serve.add_argument("--port", type=int, default=1234, help="the port to listen on")
     serve.add_argument(
         "--public-url",
         default="",
         help="the address clients reach this server at (behind a proxy: https://search.example.org), for results'"
-        " shard_url; default: http://HOST:PORT as it listens (this machine's name for 0.0.0.0)",
+        " shard_url (default: http://HOST:PORT as it listens, this machine's name for 0.0.0.0)",
     )
     serve.add_argument("--max-num-images", type=int, default=1000, help="largest num_images a query may ask")
     serve.add_argument("--max-result-ids", type=int, default=10000, help="largest num_result_ids a query may ask")
@@ -211,10 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     demo.set_defaults(run=_demo_serve)
 
     args = parser.parse_args(argv)
-    # Progress for the long-running plan; otherwise only warnings (the random-weights one among them).
-    logging.basicConfig(
-        level=logging.INFO if args.command in ("plan", "serve") else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    # Warnings (the random-weights one among them), and clipflow's own progress for the long-running plan and the
+    # server; not the INFO lines open_clip and faiss's loader write while they load.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    if args.command in ("plan", "serve"):
+        logging.getLogger("clipflow").setLevel(logging.INFO)
     try:
         args.run(args)
     except ClipflowError as error:

@@ -57,11 +57,12 @@ def write_metadata(parquets: list, path: Path | str, manifest: Path | str) -> in
 
 def _read_index(path: Path) -> faiss.Index:
     """The index with its on-disk lists found beside it, wherever the folder was moved (IO_FLAG_MMAP would crash
-    on them: they are mapped anyway). faiss prints the lists' path to C's stdout as it reads: that line goes to
-    stderr, out of the JSON lines `clipflow query` prints."""
+    on them: they are mapped anyway). faiss prints the lists' path to C's stdout as it reads, a line that tells
+    nothing: it goes to /dev/null, never into the JSON lines `clipflow query` prints."""
     sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
     try:
         index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
     finally:

@@ -122,3 +122,16 @@ def test_similar_images_from_a_result(browser, server):
     chosen.locator("button", has_text="similar images").click()
     expect(page.locator(".result").first.locator(".similarity")).to_contain_text("similarity 1.0")
     expect(page.locator(".result").first.locator("a.picture")).to_have_attribute("href", href)
+
+
+def test_a_text_search_is_a_link(browser, server):
+    """?q= (with modality and index) searches at load, and a text search writes them into the address."""
+    page = open_page(browser, server)
+    text_search(page, CAPTIONS[5], index="bare")
+    expect(page.locator(".result").first.locator(".caption")).to_have_text(CAPTIONS[5])
+    linked = browser.new_page()
+    linked.goto(page.url)
+    assert "q=" in page.url and "index=bare" in page.url and "modality=text" in page.url
+    expect(linked.locator("#text")).to_have_value(CAPTIONS[5])
+    expect(linked.locator("#index")).to_have_value("bare")
+    expect(linked.locator(".result").first.locator(".caption")).to_have_text(CAPTIONS[5])

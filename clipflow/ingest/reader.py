@@ -285,7 +285,9 @@ def read_batches(source: Source, columns: Columns) -> Iterator[tuple[pa.Table, n
     except ClipflowError:
         raise
     except Exception as error:  # a parser's message alone does not say which file, or which line
-        where = _first_bad_line(source) if source.format == "jsonl" else ""
+        where = {"jsonl": _first_bad_line, "csv": _first_bad_record, "tsv": _first_bad_record}.get(
+            source.format, lambda source: ""
+        )(source)
         raise ClipflowError(f"{source.path}: cannot read as {source.format}{where}: {error}") from error
 
 
@@ -302,6 +304,21 @@ def _jsonl_place(source: Source, row: int) -> str:
             if rows == row:
                 return f"row {row} (line {number})"
     return f"row {row}"
+
+
+def _first_bad_record(source: Source) -> str:
+    """' at line N' for the first record of a csv or tsv file whose field count is not its header's ('' if none
+    is): Arrow's parser does not say where, and a quoted field may span lines."""
+    import csv
+
+    with fsspec.open(source.path, "rt", compression="infer", encoding="utf-8", errors="replace", newline="") as f:
+        records = csv.reader(f, delimiter="," if source.format == "csv" else "\t")
+        header, start = next(records, []), 2
+        for record in records:
+            if record and len(record) != len(header):
+                return f" at line {start} ({len(record)} fields, the header has {len(header)})"
+            start = records.line_num + 1
+    return ""
 
 
 def _first_bad_line(source: Source) -> str:

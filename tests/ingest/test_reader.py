@@ -121,6 +121,17 @@ def test_malformed_jsonl_names_the_file_and_line(tmp_path):
         read_all(path)
 
 
+@pytest.mark.parametrize("suffix, sep", [("csv", ","), ("tsv", "\t")])
+def test_malformed_csv_names_the_file_and_line(tmp_path, suffix, sep):
+    """The record with one field too many is on line 5: a quoted caption before it spans lines 2 and 3."""
+    rows = ["url,caption", 'http://a/1.jpg,"two\nlines"', "http://a/2.jpg,plain", "http://a/3.jpg,three,extra"]
+    path = tmp_path / f"m.{suffix}"
+    path.write_text("\n".join(row.replace(",", sep) for row in rows) + "\n")
+    expected = rf"m\.{suffix}: cannot read as {suffix} at line 5 \(3 fields, the header has 2\)"
+    with pytest.raises(ClipflowError, match=expected):
+        read_all(path)
+
+
 def test_pattern_matching_nothing_is_an_error(tmp_path):
     with pytest.raises(ClipflowError, match=r"input\.paths: '.*nothing-\*\.parquet' matches no file"):
         find_sources([str(tmp_path / "nothing-*.parquet")])

@@ -46,6 +46,9 @@ def test_indices_list_and_health(server):
     assert server.request("/indices-list") == (200, ["demo", "bare", "vectors"])
     status, health = server.request("/health")
     assert status == 200 and health["status"] == "ok" and health["indices"] == {"demo": 26, "bare": 26, "vectors": 26}
+    started = server.log_text()
+    assert "INFO serving" in started and "IO_FLAG" not in started  # clipflow's INFO lines only
+    assert not [line for line in started.splitlines() if line.startswith("INFO") and "model" in line.lower()]
 
 
 def test_text_query_finds_its_caption(server):

@@ -260,6 +260,7 @@ def test_query_cli_text_image_file_and_url(workflow_run, image_server):
     workdir, _ = workflow_run
     result = clipflow_cli("query", "another good image", "--modality", "text", "-k", "3", cwd=workdir)
     assert result.returncode == 0, result.stderr
+    assert "IO_FLAG" not in result.stderr and "INFO" not in result.stderr  # faiss's and its loader's lines
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["rank"] for r in lines] == [1, 2, 3] and lines[0]["caption"] == "another good image"
     assert lines[0]["similarity"] >= lines[1]["similarity"] >= lines[2]["similarity"]

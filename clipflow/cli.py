@@ -132,7 +132,8 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, every subcommand and option (the docs check parses the docs' commands with it)."""
     from clipflow import __version__
 
     parser = argparse.ArgumentParser(prog="clipflow", description=__doc__, formatter_class=HelpWithDefaults)
@@ -223,8 +224,11 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--port", type=int, required=True)
     demo.add_argument("--parent-pid", type=int, default=os.getppid())
     demo.set_defaults(run=_demo_serve)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     # Warnings (the random-weights one among them), and clipflow's own progress for the long-running plan and the
     # server; not the INFO lines open_clip and faiss's loader write while they load.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

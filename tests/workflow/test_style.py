@@ -80,7 +80,8 @@ def rule_scripts() -> list[tuple[str, str, str]]:
     for smk in sorted((REPO / "rules").glob("*.smk")):
         for block in re.split(r"\n(?=\s*rule \w+:)", smk.read_text()):
             rule = re.search(r"^\s*rule (\w+):", block, re.M)
-            env, script = re.search(r'conda:\s*"\.\./(envs/[\w.]+)"', block), re.search(r'script:\s*"\.\./([\w/.]+)"', block)
+            env = re.search(r'conda:\s*"\.\./(envs/[\w.]+)"', block)
+            script = re.search(r'script:\s*"\.\./([\w/.]+)"', block)
             if rule and script:
                 assert env, f"{smk.name}: rule {rule.group(1)} runs a script without a conda env"
                 found.append((rule.group(1), env.group(1), script.group(1)))

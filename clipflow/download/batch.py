@@ -17,9 +17,12 @@ import os
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from clipflow import files, shards
 from clipflow.download.img2dataset_tool import fetch_shard
 from clipflow.errors import ClipflowError
+from clipflow.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def download_batch(
     """
     failed, downloaded = {}, []
     filtered = filtered or {}
-    for plan_shard in map(Path, plan_shards):
+    for number, plan_shard in enumerate(map(Path, plan_shards), start=1):
         shard = plan_shard.stem
         left_out = filtered.get(shard, {})
         digest = settings_digest(options, kept_columns, left_out)
@@ -53,7 +56,8 @@ def download_batch(
             log.info("shard %s is complete, kept", shard)
             continue
         try:
-            download_shard(plan_shard, output_folder, options, kept_columns, threads, digest, left_out)
+            place = f"{number} of {len(plan_shards)}"
+            download_shard(plan_shard, output_folder, options, kept_columns, threads, digest, left_out, place)
         except Exception as error:  # whatever broke this shard, the rest of the batch goes on
             log.exception("shard %s failed", shard)
             failed[shard] = f"{type(error).__name__}: {error}"
@@ -97,15 +101,18 @@ def download_shard(
     threads: int,
     digest: str,
     left_out: dict[str, str] | None = None,
+    place: str = "1 of 1",
 ) -> Path:
-    """Download the rows of one plan shard (a parquet named after its shard id); returns the stats path."""
+    """Download the rows of one plan shard (a parquet named after its shard id), logging its progress (the shard
+    is `place` in its batch); returns the stats path."""
     plan_shard, output_folder = Path(plan_shard), Path(output_folder)
     shard = plan_shard.stem
     staging = output_folder / ".staging" / shard
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    log.info("shard %s: downloading", shard)
-    fetch_shard(plan_shard, staging, options, kept_columns, threads, left_out or {})
+    log.info("shard %s: downloading (%s in this job)", shard, place)
+    progress = Progress(f"shard {shard}", pq.ParquetFile(plan_shard).metadata.num_rows, "rows")
+    fetch_shard(plan_shard, staging, options, kept_columns, threads, left_out or {}, progress)
     missing = shards.missing_files(staging, shard)
     if missing:
         raise ClipflowError(f"{plan_shard}: the download finished without writing {missing}; see the log above")
@@ -120,4 +127,5 @@ def download_shard(
     for path in shards.shard_files(staging, shard):  # in SUFFIXES order: the stats file last
         os.replace(path, output_folder / path.name)
     shutil.rmtree(staging)
+    progress.finish()
     return shards.stats_path(output_folder, shard)

@@ -28,15 +28,23 @@ from img2dataset.writer import WebDatasetSampleWriter  # noqa: E402
 
 from clipflow import files, shards  # noqa: E402
 from clipflow.download import http  # noqa: E402
+from clipflow.download.accounting import failure_reason  # noqa: E402
 from clipflow.download.images import CheckedResizer  # noqa: E402
 from clipflow.ingest.urls import url_problems  # noqa: E402
+from clipflow.progress import Progress  # noqa: E402
 from clipflow.shards import FILTERED, NOT_FETCHED, plan_keys  # noqa: E402
 
 
 def fetch_shard(
-    plan_shard: Path, staging: Path, options: dict, kept_columns: list[str], threads: int, left_out: dict[str, str]
+    plan_shard: Path,
+    staging: Path,
+    options: dict,
+    kept_columns: list[str],
+    threads: int,
+    left_out: dict[str, str],
+    progress: Progress,
 ) -> None:
-    """`left_out` maps the keys of rows not to fetch to the filter that removed them; rows whose URL is not
+    """Every row the tool answers is counted in `progress` (a failure by its reason). `left_out` maps the keys of rows not to fetch to the filter that removed them; rows whose URL is not
     fetched (a verbatim plan keeps them, clipflow.ingest.urls) are not fetched either. Both stay in the tool's
     input with an empty URL, so that every row keeps the key of its position (the key that precomputed
     embeddings gave it), and fail at once without a connection; their parquet rows then get status `filtered`
@@ -66,7 +74,7 @@ def fetch_shard(
         blurrer=BoundingBoxBlurrer() if options.get("bbox_col") else None,
     )
     downloader = Downloader(
-        sample_writer_class=WebDatasetSampleWriter,
+        sample_writer_class=lambda *args: _CountingWriter(progress, not_fetched, *args),
         resizer=CheckedResizer(resizer),
         thread_count=threads,
         save_caption=True,
@@ -89,6 +97,20 @@ def fetch_shard(
         downloader.download_shard((int(shard), str(arrow_input)))
     if not_fetched:
         _mark_not_fetched(shards.rows_path(staging, shard), not_fetched, original_urls)
+
+
+class _CountingWriter(WebDatasetSampleWriter):
+    """img2dataset's webdataset writer, counting each row it is given (every row, failed or not, in the
+    downloader's one loop) into a Progress; rows left unfetched on purpose are not failures."""
+
+    def __init__(self, progress: Progress, not_fetched: dict, *args):
+        super().__init__(*args)
+        self.progress, self.not_fetched = progress, not_fetched
+
+    def write(self, img_str, key, caption, meta):
+        super().write(img_str, key, caption, meta)
+        failed = meta["status"] != "success" and key not in self.not_fetched
+        self.progress.add(1, {failure_reason(meta["status"], meta["error_message"]): 1} if failed else None)
 
 
 def _mark_not_fetched(rows_path: Path, statuses: dict[str, tuple[str, str]], original_urls: dict[str, str]) -> None:

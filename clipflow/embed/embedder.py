@@ -30,6 +30,7 @@ from clipflow import files, shards as shard_format
 from clipflow.embed import shard_outputs
 from clipflow.embed.images import ImagePipeline
 from clipflow.embed.model import LoadedModel, load_model
+from clipflow.progress import Progress
 from clipflow.shards import SAMPLE_FIELDS, sample_row, shard_of
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,7 @@ def embed_chunk(
     tars = [Path(t) for t in tars]
     for tar in tars:  # a truncated tar would fail mid-job in a worker; name it before loading the model
         shard_format.check_intact(tar.parent, shard_of(tar))
+    written = {shard_of(tar): _written_samples(tar) for tar in tars}
     model = load_model(manifest, device, precision)
     on_gpu = model.device.type == "cuda"
     collate = _Collate(model.tokenizer, kept_columns, None if on_gpu else ImagePipeline(model.preprocess, "cpu"))
@@ -203,6 +205,8 @@ def embed_chunk(
     for thread in (*preparers, gatherer):
         thread.start()
     loaded = time.perf_counter()
+    progress = Progress(f"embedding {len(tars)} shards from {tars[0].name}", sum(written.values()), "samples")
+    log.info("%s: %d samples on %s, batches of %d", progress.what, progress.total, model.device, batch_size)
     failures, waiting, encoding, running = [], 0.0, 0.0, len(preparers)
     while running:
         mark = time.perf_counter()
@@ -213,6 +217,7 @@ def embed_chunk(
             continue
         rows, pixels, errors, tokens, ready = batch
         failures += [{**rows[position], "error": error} for position, error in sorted(errors.items())]
+        progress.add(len(rows), {"decode failed": len(errors)} if errors else None)
         good = [position for position in range(len(rows)) if position not in errors]
         if not good:
             continue
@@ -239,7 +244,7 @@ def embed_chunk(
     order = np.argsort(metadata["key"].to_numpy(dtype=str), kind="stable")
     image, text, metadata = image[order], text[order], metadata.iloc[order].reset_index(drop=True)
     shards = [shard_of(t) for t in tars]
-    _check_counts(tars, metadata, failures)
+    _check_counts(tars, written, metadata, failures)
     for shard in shards:
         _write_shard(folder, shard, (metadata["shard"] == shard).to_numpy(), image, text, metadata)
     seconds.update(model_load=loaded - started, embedding=finished - loaded, write=time.perf_counter() - finished)
@@ -268,18 +273,21 @@ def embed_chunk(
     return info
 
 
-def _check_counts(tars: list[Path], metadata: pd.DataFrame, failures: list[dict]) -> None:
+def _written_samples(tar: Path) -> int:
+    """The samples the tar's writer recorded (its stats file)."""
+    return json.loads(shard_format.stats_path(tar.parent, shard_of(tar)).read_text())["clipflow_tar"]["samples"]
+
+
+def _check_counts(tars: list[Path], written: dict[str, int], metadata: pd.DataFrame, failures: list[dict]) -> None:
     """Every sample that each tar's writer recorded was read: embedded or reported as a decode failure."""
     read = metadata["shard"].value_counts().to_dict()
     for failure in failures:
         read[failure["shard"]] = read.get(failure["shard"], 0) + 1
     for tar in tars:
         shard = shard_of(tar)
-        stats = json.loads(shard_format.stats_path(tar.parent, shard).read_text())
-        written = stats["clipflow_tar"]["samples"]
-        if read.get(shard, 0) != written:
+        if read.get(shard, 0) != written[shard]:
             raise shard_format.DamagedShard(
-                f"{tar}: damaged, {read.get(shard, 0)} samples read where {written} were written; "
+                f"{tar}: damaged, {read.get(shard, 0)} samples read where {written[shard]} were written; "
                 "run `clipflow verify --remove-damaged` on its folder, then rerun the workflow"
             )
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import urllib.request
@@ -84,6 +85,27 @@ def workflow_run(tmp_path_factory, image_server):
 
 def shard_results(workdir: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in sorted((workdir / "results/shards").glob("*.parquet"))])
+
+
+def test_download_and_embedding_logs_say_how_far_and_what_failed(workflow_run):
+    """Each shard's last line counts its rows and failures by the accounting's reasons; each embedding job says
+    what it embeds and how many samples it got through."""
+    workdir, _ = workflow_run
+    for parquet in sorted((workdir / "results/shards").glob("*.parquet")):
+        shard, results = parquet.stem, pd.read_parquet(parquet)
+        failed = results[results["status"] != "success"]
+        reasons = Counter(failure_reason(s, m) for s, m in zip(failed["status"], failed["error_message"]))
+        logs = "".join(path.read_text() for path in (workdir / "logs/download").glob("*.log"))
+        (line,) = [line for line in logs.splitlines() if f"shard {shard}: {len(results)} of" in line]
+        assert f"{len(results)} of {len(results)} rows (100%)" in line and "done in" in line, line
+        if reasons:
+            commonest = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))[:5]
+            listed = ", ".join(f"{reason} {count}" for reason, count in commonest)
+            assert f"{len(failed)} failed ({listed})" in line, line
+        else:
+            assert "failed" not in line, line
+    embedded = "".join(path.read_text() for path in (workdir / "logs/embed").glob("*.log"))
+    assert re.search(r"embedding 2 shards from \d+\.tar: \d+ samples on cpu, batches of 4", embedded), embedded[-2000:]
 
 
 def test_every_row_ends_in_its_expected_state(workflow_run, image_server):

@@ -117,6 +117,17 @@ def _verify_records(records: list, beside: bool, remove: bool, what: str) -> Non
         sys.exit(1)
 
 
+def _status(args) -> None:
+    import time
+
+    from clipflow.status import format_status, run_status
+
+    status = run_status(args.results)
+    print(json.dumps(status, indent=2) if args.json else format_status(status, time.time()))
+    if status["failed_jobs"]:
+        sys.exit(1)
+
+
 def _demo_serve(args) -> None:
     from clipflow.demo import serve
 
@@ -152,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--index", default="results/index", help="the index folder the workflow wrote")
     query.add_argument("--modality", choices=["image", "text"], default="image", help="which embeddings to search")
     query.add_argument("-k", type=int, default=10, help="how many results")
-    query.add_argument("--format", choices=["jsonl", "table"], default="jsonl", help="one JSON object a line, or a table")
+    query.add_argument(
+        "--format", choices=["jsonl", "table"], default="jsonl", help="one JSON object a line, or a table"
+    )
     query.add_argument("--rerank-factor", type=int, default=RERANK_FACTOR, help=RERANK_HELP)
     query.set_defaults(run=_query)
 
@@ -218,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         "writes them again",
     )
     verify.set_defaults(run=_verify)
+
+    status = commands.add_parser(
+        "status", help="how far a run is: shards planned, downloaded, embedded, indexed; failures; time left"
+    )
+    status.add_argument("results", nargs="?", default="results", help="the run's results folder")
+    status.add_argument("--json", action="store_true", help="the same as JSON")
+    status.set_defaults(run=_status)
 
     demo = commands.add_parser("demo-serve", help="serve the demo images on 127.0.0.1 (started by the workflow)")
     demo.add_argument("--folder", required=True)

@@ -123,7 +123,11 @@ def download_shard(
         raise ClipflowError(
             f"{plan_shard}: the tool stored {tar['samples']} samples for {stats['successes']} successes"
         )
-    stats_path.write_text(json.dumps({**stats, "clipflow_settings": digest, "clipflow_tar": tar}))
+    # The failures by the accounting's reasons (rows left out on purpose are none): what `clipflow status` counts.
+    failures = dict(sorted(progress.failures.items()))
+    stats_path.write_text(
+        json.dumps({**stats, "clipflow_settings": digest, "clipflow_tar": tar, "clipflow_failures": failures})
+    )
     for path in shards.shard_files(staging, shard):  # in SUFFIXES order: the stats file last
         os.replace(path, output_folder / path.name)
     shutil.rmtree(staging)

@@ -214,6 +214,9 @@ def test_cancelled_job_is_retried_to_the_same_results(slurm_run, tmp_path):
     assert run.returncode == 0, output[-5000:]
     assert f"SLURM-job '{cancelled}' failed, SLURM status is: 'CANCELLED'" in output
     assert list(submitted_jobs(output, workdir).values()) == ["embed_chunk[00000000]"] * 2  # the job and its retry
+    status = [sys.executable, "-m", "clipflow.cli", "status", "--json"]
+    status = subprocess.run(status, cwd=workdir, capture_output=True)
+    assert status.returncode == 0 and json.loads(status.stdout)["failed_jobs"] == []  # retried, not failed
 
     clean, retried = embeddings(clean_workdir), embeddings(workdir)
     pd.testing.assert_frame_equal(clean["metadata"], retried["metadata"])

@@ -108,6 +108,22 @@ def test_download_and_embedding_logs_say_how_far_and_what_failed(workflow_run):
     assert re.search(r"embedding 2 shards from \d+\.tar: \d+ samples on cpu, batches of 4", embedded), embedded[-2000:]
 
 
+def test_status_agrees_with_the_download_summary(workflow_run):
+    workdir, _ = workflow_run
+    summary = json.loads((workdir / "results/summary/download.json").read_text())
+    result = clipflow_cli("status", "--json", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["input_rows"] == summary["input_rows"] and status["duplicates"] == summary["duplicates_dropped"]
+    assert status["download"]["successes"] == summary["downloaded"] == status["embedding"]["samples"]
+    assert status["download"]["failures"] == summary["failed"]
+    assert status["download"]["shards_done"] == status["shards"] == status["embedding"]["shards_done"]
+    assert status["index"]["image"]["vectors"] == summary["downloaded"] and not status["running"]
+    assert status["failed_jobs"] == [] and status["steps"][0] == status["steps"][1]
+    printed = clipflow_cli("status", cwd=workdir).stdout
+    assert f"downloaded   {status['shards']} of {status['shards']} shards" in printed and "no run in progress" in printed
+
+
 def test_every_row_ends_in_its_expected_state(workflow_run, image_server):
     workdir, _ = workflow_run
     results = shard_results(workdir)
@@ -449,6 +465,9 @@ def test_killed_download_leaves_no_complete_shard(tmp_path, image_server):
         assert time.monotonic() < deadline, "the download never started"
         time.sleep(0.2)
     time.sleep(1)  # the slow image is being fetched now
+    status = clipflow_cli("status", cwd=tmp_path).stdout
+    assert "a run is in progress" in status and "downloading now: 00000000" in status, status
+    assert "downloaded   0 of 1 shards" in status, status
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not list((tmp_path / "results/shards").glob("00000000*")), "a killed download left shard files"

@@ -14,6 +14,7 @@ import open_clip
 import torch
 
 import clipflow
+from clipflow.embed import demo_model  # registers the demo's architecture with open_clip
 from clipflow.errors import ClipflowError
 from clipflow.files import sha256_file, write_json
 
@@ -32,6 +33,8 @@ def fetch_model(arch: str, tag: str, checkpoint: str | None, cache_dir: str, man
         if not path.is_file():
             raise ClipflowError(f"embed.checkpoint: {checkpoint} is not a file")
         manifest.update(pretrained=None, checkpoint=str(path.resolve()), sha256=sha256_file(path))
+    elif (arch, tag) == (demo_model.ARCH, demo_model.TAG):  # weights that ship with clipflow
+        manifest.update(checkpoint=str(demo_model.WEIGHTS.resolve()), sha256=sha256_file(demo_model.WEIGHTS))
     elif tag == "none":
         manifest.update(pretrained=None, random_weights=True)
         log.warning(RANDOM_WEIGHTS_WARNING)

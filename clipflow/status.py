@@ -160,7 +160,8 @@ def format_status(status: dict, now: float) -> str:
     lines.append(embedded)
     for modality, index in status["index"].items():
         built = f"{index['vectors']:,} vectors" if index["vectors"] is not None else "not merged yet"
-        lines.append(f"{modality + ' index':<13}{built}, {index['parts']:,} of {embedding['chunks_done']:,} parts added")
+        parts = f"{index['parts']:,} of {embedding['chunks_done']:,} parts added"
+        lines.append(f"{modality + ' index':<13}{built}, {parts}")
     if status["steps"]:
         lines.append(f"snakemake    {status['steps'][0]:,} of {status['steps'][1]:,} steps done ({status['log']})")
     for job in status["failed_jobs"]:

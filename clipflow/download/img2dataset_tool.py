@@ -44,11 +44,12 @@ def fetch_shard(
     left_out: dict[str, str],
     progress: Progress,
 ) -> None:
-    """Every row the tool answers is counted in `progress` (a failure by its reason). `left_out` maps the keys of rows not to fetch to the filter that removed them; rows whose URL is not
-    fetched (a verbatim plan keeps them, clipflow.ingest.urls) are not fetched either. Both stay in the tool's
-    input with an empty URL, so that every row keeps the key of its position (the key that precomputed
-    embeddings gave it), and fail at once without a connection; their parquet rows then get status `filtered`
-    or `not fetched`, with the filter or the URL's problem as their message."""
+    """Every row the tool answers is counted in `progress` (a failure by its reason). `left_out` maps the keys of rows
+    not to fetch to the filter that removed them; rows whose URL is not fetched (a verbatim plan keeps them,
+    clipflow.ingest.urls) are not fetched either. Both stay in the tool's input with an empty URL, so that every row
+    keeps the key of its position (the key that precomputed embeddings gave it), and fail at once without a
+    connection; their parquet rows then get status `filtered` or `not fetched`, with the filter or the URL's problem
+    as their message."""
     shard = plan_shard.stem
     # img2dataset's reader order: additional columns, caption, url; samples' json and the parquet follow it.
     columns = ["uid", *kept_columns, "caption", "url"]

@@ -7,6 +7,7 @@ downloaded now, and Snakemake's newest log (its step count and the jobs that fai
 listing per folder and one small JSON file per shard: at 128,000 shards it reads ~130 MB of stats files.
 """
 
+import html
 import json
 import os
 import re
@@ -131,9 +132,13 @@ def _snakemake(workdir: Path) -> dict:
     return {**found, "steps": [int(n) for n in steps[-1]] if steps else None, "failed_jobs": failed}
 
 
-def format_status(status: dict, now: float) -> str:
+def format_status(status: dict, now: float, of_the_run: bool = True) -> str:
+    """The status as lines of text; without `of_the_run`, only what the records say (for the report, which a job
+    of the run itself writes)."""
     download, embedding, shards = status["download"], status["embedding"], status["shards"]
     lines = [f"{status['results']}: " + ("a run is in progress" if status["running"] else "no run in progress")]
+    if not of_the_run:
+        lines = []
     lines.append(
         f"input rows {status['input_rows']:,}: {status['duplicates']:,} duplicates, {status['invalid']:,} invalid, "
         f"{status['planned_rows']:,} planned in {shards:,} shards"
@@ -147,7 +152,7 @@ def format_status(status: dict, now: float) -> str:
     if download["shards_downloading"]:
         lines.append(f"  downloading now: {', '.join(download['shards_downloading'][:10])}")
     left = status["planned_rows"] - done
-    if left and download.get("rows_per_second"):
+    if left and download.get("rows_per_second") and of_the_run:
         since, speed = now - download["last_finished"], download["rows_per_second"]
         lines.append(
             f"  {speed:,.0f} rows/s lately; at that rate ~{duration(left / speed)} left"
@@ -162,9 +167,17 @@ def format_status(status: dict, now: float) -> str:
         built = f"{index['vectors']:,} vectors" if index["vectors"] is not None else "not merged yet"
         parts = f"{index['parts']:,} of {embedding['chunks_done']:,} parts added"
         lines.append(f"{modality + ' index':<13}{built}, {parts}")
+    if not of_the_run:
+        return "\n".join(lines)
     if status["steps"]:
         lines.append(f"snakemake    {status['steps'][0]:,} of {status['steps'][1]:,} steps done ({status['log']})")
     for job in status["failed_jobs"]:
         slurm = f" and {job['slurm_log']}" if job["slurm_log"] else ""
         lines.append(f"FAILED       {job['rule']}: see {job['log'] or status['log']}{slurm}")
     return "\n".join(lines)
+
+
+def status_page(status: dict) -> str:
+    """The records' view as an HTML page for the Snakemake report."""
+    text = html.escape(format_status(status, now=0.0, of_the_run=False))
+    return f"<!DOCTYPE html>\n<html><body><h2>Run status</h2><pre>{text}</pre></body></html>\n"

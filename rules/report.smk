@@ -1,5 +1,5 @@
 # Measured time and peak memory of the heavy jobs (their benchmark: files), for the report: a small table,
-# made where Snakemake runs.
+# made where Snakemake runs; and, as it runs after every heavy job, the run's status page (clipflow status).
 localrules:
     summarize_benchmarks,
 
@@ -13,6 +13,11 @@ rule summarize_benchmarks:
             "results/summary/benchmarks.png",
             caption="../report/benchmarks.rst",
             category="Resources",
+        ),
+        status=report(
+            "results/summary/status.html",
+            caption="../report/status.rst",
+            category="Status",
         ),
     log:
         "logs/summary/benchmarks.log",

@@ -366,6 +366,10 @@ def test_embedding_summary_and_report(workflow_run):
     run_snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
     assert all(name in html for name in ("download.png", "embedding_throughput.png", "image_text_similarity.png"))
+    assert "status.html" in html  # the page of `clipflow status`
+    page = (workdir / "results/summary/status.html").read_text()
+    status = json.loads(clipflow_cli("status", "--json", cwd=workdir).stdout)
+    assert f"downloaded   {status['shards']} of {status['shards']} shards" in page and "FAILED" not in page
 
 
 def test_exploration_notebook_runs_against_the_index(workflow_run, monkeypatch):

@@ -82,8 +82,8 @@ def _verify(args) -> None:
         _verify_records(folder_records(folder), beside=True, remove=args.remove_damaged, what="index")
         return
     if (folder / "info").is_dir():  # an embeddings folder: a record per chunk
-        _verify_records(sorted((folder / "info").glob("*.json")), beside=False, remove=args.remove_damaged,
-                        what="embedding")  # fmt: skip
+        records = sorted((folder / "info").glob("*.json"))
+        _verify_records(records, beside=False, remove=args.remove_damaged, what="embedding")
         return
     damaged, checked = verify_folder(folder, remove=args.remove_damaged)
     for shard, why in damaged.items():

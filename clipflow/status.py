@@ -22,15 +22,21 @@ RECENT_SECONDS = 600  # the download rate is that of the shards finished in the 
 
 
 def run_status(results: Path | str, workdir: Path | str | None = None) -> dict:
+    """What the records say (`record_status`), and Snakemake's newest log in `workdir` (default: above `results`)."""
+    workdir = Path(workdir) if workdir is not None else Path(results).parent
+    return {**record_status(results), **_snakemake(workdir)}
+
+
+def record_status(results: Path | str) -> dict:
+    """The plan, downloads, embeddings and indices as their records give them."""
     results = Path(results)
-    workdir = Path(workdir) if workdir is not None else results.parent
     state_path = results / "plan" / "state.json"
     if not state_path.exists():
         raise ClipflowError(f"{results}: no plan yet ({state_path} is missing); has the workflow run here?")
     state = json.loads(state_path.read_text())
     planned_rows = {shard["shard"]: shard["rows"] for shard in state["shards"]}
     sources = state["sources"]
-    status = {
+    return {
         "results": str(results),
         "input_rows": sum(source["rows"] for source in sources),
         "duplicates": sum(source["duplicates"] for source in sources),
@@ -41,8 +47,6 @@ def run_status(results: Path | str, workdir: Path | str | None = None) -> dict:
         "embedding": _embeddings(results / "embeddings" / "info"),
         "index": _indices(results / "index"),
     }
-    status.update(_snakemake(workdir))
-    return status
 
 
 def _downloads(folder: Path, planned_rows: dict[str, int]) -> dict:
@@ -132,17 +136,25 @@ def _snakemake(workdir: Path) -> dict:
     return {**found, "steps": [int(n) for n in steps[-1]] if steps else None, "failed_jobs": failed}
 
 
-def format_status(status: dict, now: float, of_the_run: bool = True) -> str:
-    """The status as lines of text; without `of_the_run`, only what the records say (for the report, which a job
-    of the run itself writes)."""
-    download, embedding, shards = status["download"], status["embedding"], status["shards"]
+def format_status(status: dict, now: float) -> str:
+    """A `run_status` as lines of text, `now` (a time.time()) telling how long ago the last shard finished."""
     lines = [f"{status['results']}: " + ("a run is in progress" if status["running"] else "no run in progress")]
-    if not of_the_run:
-        lines = []
-    lines.append(
+    lines += _record_lines(status, now)
+    if status["steps"]:
+        lines.append(f"snakemake    {status['steps'][0]:,} of {status['steps'][1]:,} steps done ({status['log']})")
+    for job in status["failed_jobs"]:
+        slurm = f" and {job['slurm_log']}" if job["slurm_log"] else ""
+        lines.append(f"FAILED       {job['rule']}: see {job['log'] or status['log']}{slurm}")
+    return "\n".join(lines)
+
+
+def _record_lines(status: dict, now: float | None) -> list[str]:
+    """The lines of a `record_status`; the time left only with `now` (a job of the run itself cannot tell it)."""
+    download, embedding, shards = status["download"], status["embedding"], status["shards"]
+    lines = [
         f"input rows {status['input_rows']:,}: {status['duplicates']:,} duplicates, {status['invalid']:,} invalid, "
         f"{status['planned_rows']:,} planned in {shards:,} shards"
-    )
+    ]
     done = download["rows_done"]
     rate = f", {download['successes'] / done:.1%} of their rows downloaded" if done else ""
     lines.append(f"downloaded   {download['shards_done']:,} of {shards:,} shards{rate}")
@@ -152,7 +164,7 @@ def format_status(status: dict, now: float, of_the_run: bool = True) -> str:
     if download["shards_downloading"]:
         lines.append(f"  downloading now: {', '.join(download['shards_downloading'][:10])}")
     left = status["planned_rows"] - done
-    if left and download.get("rows_per_second") and of_the_run:
+    if left and download.get("rows_per_second") and now is not None:
         since, speed = now - download["last_finished"], download["rows_per_second"]
         lines.append(
             f"  {speed:,.0f} rows/s lately; at that rate ~{duration(left / speed)} left"
@@ -167,17 +179,10 @@ def format_status(status: dict, now: float, of_the_run: bool = True) -> str:
         built = f"{index['vectors']:,} vectors" if index["vectors"] is not None else "not merged yet"
         parts = f"{index['parts']:,} of {embedding['chunks_done']:,} parts added"
         lines.append(f"{modality + ' index':<13}{built}, {parts}")
-    if not of_the_run:
-        return "\n".join(lines)
-    if status["steps"]:
-        lines.append(f"snakemake    {status['steps'][0]:,} of {status['steps'][1]:,} steps done ({status['log']})")
-    for job in status["failed_jobs"]:
-        slurm = f" and {job['slurm_log']}" if job["slurm_log"] else ""
-        lines.append(f"FAILED       {job['rule']}: see {job['log'] or status['log']}{slurm}")
-    return "\n".join(lines)
+    return lines
 
 
 def status_page(status: dict) -> str:
-    """The records' view as an HTML page for the Snakemake report."""
-    text = html.escape(format_status(status, now=0.0, of_the_run=False))
+    """A `record_status` as an HTML page for the Snakemake report."""
+    text = html.escape("\n".join(_record_lines(status, now=None)))
     return f"<!DOCTYPE html>\n<html><body><h2>Run status</h2><pre>{text}</pre></body></html>\n"

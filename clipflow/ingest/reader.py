@@ -285,9 +285,11 @@ def read_batches(source: Source, columns: Columns) -> Iterator[tuple[pa.Table, n
     except ClipflowError:
         raise
     except Exception as error:  # a parser's message alone does not say which file, or which line
-        where = {"jsonl": _first_bad_line, "csv": _first_bad_record, "tsv": _first_bad_record}.get(
-            source.format, lambda source: ""
-        )(source)
+        where = ""
+        if source.format == "jsonl":
+            where = _first_bad_line(source)
+        elif source.format in ("csv", "tsv"):
+            where = _first_bad_record(source)
         raise ClipflowError(f"{source.path}: cannot read as {source.format}{where}: {error}") from error
 
 

@@ -1,6 +1,6 @@
 """Train the demo model (clipflow.embed.demo_model) and write its weights:
 
-    python -m clipflow.embed.demo_model.train [--images 6000] [--epochs 30]
+    python -m clipflow.embed.demo_model.train [--images 6000] [--epochs 20]
 
 Images are rendered as the demo renders them (clipflow.demo.render), from rows the demo never uses (its rows
 start at 0; these at 1,000,000), preprocessed as the embedding step will (open_clip's transforms for the

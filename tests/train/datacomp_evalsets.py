@@ -7,6 +7,15 @@ empty groups, a group of one and FMoW's "Other" region; retrieval captions in ca
 characters and a varying number per image; an image with an EXIF rotation; WinoGAViL cues starting with a vowel,
 a capital or a non-ASCII letter, with 5, 6, 10 and 12 candidates, two of them the same image.
 
+No score decides a metric by a hair: float32 results differ in their last bits from one CPU to another (AVX-512
+or AVX2 kernels, MKL's paths on Intel and AMD), so a near tie would make DataComp's expected scores a property of
+the machine that computed them. Ties are built in only where they are exact on any CPU (a class name twice,
+each class's prompts embedded in a batch of their own) or where their order changes no metric (a caption twice
+for one image; two copies of a WinoGAViL image, both associations or neither). No caption is shared by two
+images: the copies, embedded at two places of a batch, may differ by an ulp. The labels that follow the
+model's predictions follow them as make_expected_evaluation.py recorded them (PREDICTIONS), not as this machine
+computes them; that script checks every decision's margin before it writes the expected scores.
+
 And a deterministic checkpoint of .test/config/tiny-clip.json (weights from numpy's PCG64, so the same on any
 torch). Shared by test_datacomp_evaluation.py and tests/data/datacomp/make_expected_evaluation.py, which runs
 DataComp's own evaluate.py on the same sets and checkpoint.
@@ -23,9 +32,8 @@ import pyarrow as pa
 from clipflow.evaluate.datacomp.tasks import CLASSIFICATION, RETRIEVAL, TASKS
 
 MODEL = "tiny-clip"
-# Float results, and so near-tied predictions, depend on which CPU kernels torch, oneDNN and MKL pick (AVX-512
-# machines gave iWildCam another accuracy than AVX2 ones): both sides run the model with AVX2's kernels.
-CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+MARGIN = 1e-5  # the least gap between scores that a metric's decision rests on; CPUs differ by ~2e-7
+PREDICTIONS = Path(__file__).parents[1] / "data/datacomp/predictions.json"  # {task key: the class of each sample}
 MODEL_CONFIG = Path(__file__).parents[2] / ".test/config/tiny-clip.json"
 FEW_CLASSES = {"vtab/kitti_closest_vehicle_distance": 4, "vtab/pcam": 2, "renderedsst2": 2, "wilds/camelyon17": 2}
 FEW_CLASSES.update({"wilds/fmow": 3, "fairness/geode": 3})  # groups of a few samples get accuracies above 0
@@ -84,8 +92,9 @@ def write_classification(task, folder: Path, rng: np.random.Generator, predict) 
                 extension, data = image_bytes(rng, samples)
                 sample = {"__key__": f"{shard}_{samples:05d}", extension: data}
                 if task.key in METADATA:
+                    predicted = predict(task.key, samples, data, classes)
                     sample["npy"] = metadata_row(task.key, samples, rng)
-                    sample["cls"] = grouped_label(task.key, sample["npy"], predict(data, classes), len(classes), rng)
+                    sample["cls"] = grouped_label(task.key, sample["npy"], predicted, len(classes), rng)
                 else:
                     sample["cls"] = int(rng.integers(0, len(classes) - 1))  # the last class never appears
                 writer.write(sample)
@@ -160,18 +169,27 @@ def write_retrieval(task, hf_cache: Path, rng: np.random.Generator) -> None:
     for number in range(int(rng.integers(10, 14))):
         images.append(image_cell(rng, number, rotated=number == 2))
         count = 5 if "flickr" in task.key else int(rng.integers(1, 7))
-        captions.append([CAPTIONS[int(index)] for index in rng.integers(0, len(CAPTIONS), count)])
+        drawn = [CAPTIONS[int(index)] for index in rng.integers(0, len(CAPTIONS), count)]
+        captions.append([own_caption(caption, number) for caption in drawn])
     table = pa.table({"image": pa.array(images, IMAGE_TYPE), "caption": pa.array(captions, pa.list_(pa.string()))})
     write_hf_table(hf_cache, task.hub_name, table, {"image": IMAGE, "caption": STRINGS})
+
+
+def own_caption(caption: str, number: int) -> str:
+    """`caption` made the image's own, by a number in front that the tokenizer's context keeps (the first image
+    keeps them as they are, the empty one included)."""
+    return caption if number == 0 else f"{number} {caption}"
 
 
 def write_winogavil(task, hf_cache: Path, rng: np.random.Generator) -> None:
     rows = {"candidate_images": [], "cue": [], "candidates": [], "associations": []}
     for number, size in enumerate([5, 6, 10, 12, 10, 5, 12, 6, 10, 12, 5, 10]):
         names = [f"item{number}_{index}" for index in range(size)]
-        associations = list(rng.choice(names, int(rng.integers(1, 4 if size <= 6 else 5)), replace=False))
+        associations = list(rng.choice(names[1:], int(rng.integers(1, 4 if size <= 6 else 5)), replace=False))
         images = [image_cell(rng, number * 13 + index) for index in range(size)]
-        images[1] = images[0]  # two candidates tie exactly
+        images[1] = images[0]  # two candidates tie (near exactly: they are embedded at two places of a batch) ...
+        if names[1] in associations:  # ... and both are associations, or neither, so their order changes nothing
+            associations.append(names[0])
         rows["candidate_images"].append(images)
         rows["cue"].append(CUES[number % len(CUES)])
         rows["candidates"].append(names)
@@ -188,10 +206,13 @@ def write_winogavil(task, hf_cache: Path, rng: np.random.Generator) -> None:
     write_hf_table(hf_cache, task.hub_name, table, {**features, "candidates": STRINGS, "associations": STRINGS})
 
 
-def write_evalsets(data_dir: Path, checkpoint: Path) -> None:
+def write_evalsets(data_dir: Path, predict=None) -> None:
     """Every scored task's set under `data_dir`, as download_evalsets.py lays them out; the labels of sets with
-    group metrics follow `checkpoint`'s predictions in part."""
-    predict = predictor(checkpoint)
+    group metrics follow the checkpoint's predictions in part: `predict` (task key, sample number, image bytes,
+    class names) -> class, by default those recorded in PREDICTIONS."""
+    if predict is None:
+        recorded = json.loads(PREDICTIONS.read_text())
+        predict = lambda key, number, data, classes: recorded[key][number]  # noqa: E731
     for number, task in enumerate(TASKS):
         rng = np.random.default_rng(number)
         if task.kind == CLASSIFICATION:
@@ -218,8 +239,9 @@ def write_checkpoint(path: Path) -> None:
     torch.save({"state_dict": state}, path)
 
 
-def predictor(checkpoint: Path):
-    """(image bytes, class names) -> the class the checkpoint's model finds nearest (the first template only)."""
+def predictor(checkpoint: Path, recorded: dict):
+    """write_evalsets' `predict`: the class the checkpoint's model finds nearest (the first template only), kept
+    in `recorded` too."""
     import open_clip
     import torch
 
@@ -228,9 +250,11 @@ def predictor(checkpoint: Path):
     tokenizer = open_clip.get_tokenizer(MODEL)
 
     @torch.no_grad()
-    def predict(data: bytes, classes: list[str]) -> int:
+    def predict(key: str, number: int, data: bytes, classes: list[str]) -> int:
         texts = model.encode_text(tokenizer([TEMPLATES.splitlines()[0].format(c=name) for name in classes]))
         image = model.encode_image(transform(PIL.Image.open(io.BytesIO(data)))[None])
-        return int((image @ texts.T).argmax())
+        recorded.setdefault(key, []).append(int((image @ texts.T).argmax()))
+        assert len(recorded[key]) == number + 1
+        return recorded[key][number]
 
     return predict

@@ -4,10 +4,7 @@ sets and checkpoint, metric for metric; and a data folder without a set is refus
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,37 +15,22 @@ from clipflow.errors import ClipflowError
 from clipflow.evaluate import datacomp
 from clipflow.evaluate.datacomp.hf_cache import arrow_files, read_table
 from clipflow.evaluate.datacomp.tasks import SUMMARY, TASKS
-from datacomp_evalsets import CPU_KERNELS, MODEL, MODEL_CONFIG, write_hf_table
+from datacomp_evalsets import MODEL, MODEL_CONFIG, write_checkpoint, write_evalsets, write_hf_table
 
 EXPECTED = Path(__file__).parents[1] / "data/datacomp"
-
-
-def with_datacomps_cpu_kernels(code: str, *arguments: str) -> str:
-    """What `code` prints, run in a process whose CPU kernels are those the expected scores were computed with:
-    the sets' labels follow the model's predictions, and the scores are the model's."""
-    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    environment = {**os.environ, **CPU_KERNELS, "PYTHONPATH": path}
-    run = subprocess.run([sys.executable, "-c", code, *arguments], capture_output=True, text=True, env=environment)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run.stdout.splitlines()[-1] if run.stdout else ""
 
 
 @pytest.fixture(scope="module")
 def evalsets(tmp_path_factory):
     folder = tmp_path_factory.mktemp("datacomp_evaluation")
-    code = "import sys; from pathlib import Path; import datacomp_evalsets as sets; folder = Path(sys.argv[1]);"
-    code += "sets.write_checkpoint(folder / 'checkpoint.pt');"
-    code += "sets.write_evalsets(folder / 'sets', folder / 'checkpoint.pt')"
-    with_datacomps_cpu_kernels(code, str(folder))
+    write_checkpoint(folder / "checkpoint.pt")
+    write_evalsets(folder / "sets")
     return folder
 
 
 @pytest.fixture(scope="module")
 def scores(evalsets):
-    code = "import json, sys; from clipflow.evaluate import datacomp;"
-    code += "print(json.dumps(datacomp.evaluate(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], device='cpu')))"
-    arguments = [MODEL, str(evalsets / "checkpoint.pt"), str(evalsets / "sets"), str(MODEL_CONFIG)]
-    return json.loads(with_datacomps_cpu_kernels(code, *arguments))
+    return datacomp.evaluate(MODEL, evalsets / "checkpoint.pt", evalsets / "sets", MODEL_CONFIG, device="cpu")
 
 
 def same(ours, theirs) -> bool:

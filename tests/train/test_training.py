@@ -25,7 +25,7 @@ from clipflow.shards import ShardReader
 from clipflow.train.hyperparameters import hyperparameters
 from clipflow.train.run import command, latest_checkpoint, match_checkpoint, open_clip_args
 from conftest import REPO, free_port, jpeg, run_snakemake, small_run_config, write_config, write_shard
-from datacomp_evalsets import write_checkpoint, write_evalsets
+from datacomp_evalsets import write_evalsets
 
 SUBSET = "everything"  # what this module trains on: every row but the held-out ones
 
@@ -156,8 +156,7 @@ def trained_run(tmp_path_factory):
     config["train"].update(subsets=[SUBSET], batch_size=16, samples_seen=640)
     write_color_benchmark(workdir / "colors")
     config["evaluate"]["benchmarks"] = {"colors": {"dataset": "wds/colors", "root": str(workdir / "colors")}}
-    write_checkpoint(workdir / "labeller.pt")  # the model whose predictions the sets' labels follow in part
-    write_evalsets(workdir / "evalsets", workdir / "labeller.pt")
+    write_evalsets(workdir / "evalsets")
     config["evaluate"].update(suite="datacomp", data_dir=str(workdir / "evalsets"))
     write_config(workdir, config)
     # no indices: training needs none

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
-from clipflow import files
+from clipflow import files, storage
 from clipflow.errors import ClipflowError
 from clipflow.index.builder import without_read_ahead
 from clipflow.index.vectors import RERANK_FACTOR, StoredVectors
@@ -118,7 +118,9 @@ class ClipIndex:
     def __init__(self, folder: Path | str, rerank_factor: int = RERANK_FACTOR):
         if not isinstance(rerank_factor, int) or rerank_factor < 1:
             raise ClipflowError(f"rerank_factor must be a whole number of 1 or more, not {rerank_factor!r}")
-        self.folder = Path(folder)
+        # A URL's folder is read from a checked local copy; the embeddings it re-ranks with stay where they are.
+        self.location = str(folder).rstrip("/") if storage.is_url(folder) else Path(folder)
+        self.folder = storage.local_index_folder(self.location) if storage.is_url(folder) else Path(folder)
         self.rerank_factor = rerank_factor
         missing = [name for name in ("metadata.arrow", MODEL_MANIFEST) if not (self.folder / name).exists()]
         if not self.folder.is_dir() or missing:
@@ -169,7 +171,7 @@ class ClipIndex:
         """The stored embeddings behind the index (None for an index folder written before they were listed)."""
         if modality not in self._stored:
             manifest = self.folder / f"{modality}.vectors.json"
-            stored = StoredVectors.from_manifest(self.folder, manifest) if manifest.exists() else None
+            stored = StoredVectors.from_manifest(self.location, manifest) if manifest.exists() else None
             if stored is not None and len(stored) != self.metadata.num_rows:
                 raise ClipflowError(f"{manifest}: {len(stored)} vectors for {self.metadata.num_rows} metadata rows")
             self._stored[modality] = stored

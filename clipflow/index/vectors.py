@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipflow import files
+from clipflow import files, storage
 from clipflow.errors import ClipflowError
 
 RERANK_FACTOR = 4  # candidates per hit asked for, re-ranked exactly (1: the approximate order as it comes)
@@ -31,13 +31,16 @@ class StoredVectors:
     """Rows of per-shard embedding files (`paths`, holding `rows` rows each) by their number across all of them."""
 
     def __init__(self, paths: list, rows: list[int]):
-        self.paths = [Path(path) for path in paths]
+        self.paths = [path if storage.is_url(path) else Path(path) for path in paths]
         self.starts = np.cumsum([0] + list(rows))
         self.maps: dict[int, np.ndarray] = {}
 
     @classmethod
     def from_manifest(cls, folder: Path | str, manifest: Path | str) -> "StoredVectors":
+        """The files a manifest lists, relative to `folder` (a local folder or a URL)."""
         entries = json.loads(Path(manifest).read_text())["files"]
+        if storage.is_url(folder):
+            return cls([storage.joined(str(folder), path) for path, _ in entries], [rows for _, rows in entries])
         return cls([Path(folder) / path for path, _ in entries], [rows for _, rows in entries])
 
     def __len__(self) -> int:
@@ -47,8 +50,12 @@ class StoredVectors:
         if number not in self.maps:
             if len(self.maps) >= OPEN_FILES:
                 self.maps.pop(next(iter(self.maps)))
+            path = self.paths[number]
+            if storage.is_url(path):
+                self.maps[number] = storage.RemoteRows(path)
+                return self.maps[number]
             try:
-                self.maps[number] = np.load(self.paths[number], mmap_mode="r")
+                self.maps[number] = np.load(path, mmap_mode="r")
             except OSError as error:
                 raise ClipflowError(f"{self.paths[number]}: an embedding file is missing: {error}") from None
         return self.maps[number]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipflow import storage
 from clipflow.embed.heads import RATINGS, SAFETY, UNSAFE_ABOVE, Head, load_head, unsafe_probability
 from clipflow.errors import ClipflowError
 from clipflow.index.folder import MODALITIES, ClipIndex, single_threaded_search
@@ -86,7 +87,8 @@ def load_indices(indices_json: Path | str, limits: Limits) -> dict[str, ServedIn
         if unknown:
             raise ClipflowError(f"{path}: index {name!r} has unknown keys {sorted(unknown)}")
         try:
-            index = ClipIndex(path.parent / entry["index"], entry.get("rerank_factor", RERANK_FACTOR))
+            location = entry["index"] if storage.is_url(entry["index"]) else path.parent / entry["index"]
+            index = ClipIndex(location, entry.get("rerank_factor", RERANK_FACTOR))
         except ClipflowError as error:
             raise ClipflowError(f"{path}: index {name!r}: {error}") from None
         for modality in MODALITIES:

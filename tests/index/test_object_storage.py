@@ -1,0 +1,141 @@
+"""An index folder on S3 (a moto server on 127.0.0.1): `clipflow query`, ClipIndex and `clipflow serve` open it by
+its URL, answer as from the local folder, copy its files once into a checked local cache, read re-ranking rows by
+range, refuse a damaged object by name, and write no credential anywhere."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from clipflow.errors import ClipflowError
+from clipflow.index.folder import ClipIndex
+from conftest import free_port
+from served import Server, build_index_folder
+
+SECRET = "s3cr3t-never-in-any-output"
+BUCKET = "clipflow-test"
+TEXT = "picture number 3 of a red thing"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server, the process environment pointing at it (as a user's AWS_* variables would), and a built
+    index folder with its embeddings uploaded under s3://BUCKET/run/."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.2)
+    cache = tmp_path_factory.mktemp("cache")
+    environment = {
+        "AWS_ACCESS_KEY_ID": "clipflow-key",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "CLIPFLOW_CACHE": str(cache),
+    }
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    root = tmp_path_factory.mktemp("built")
+    indices = build_index_folder(root)
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(BUCKET)
+    for folder in ("index", "embeddings"):
+        fs.put(str(root / folder), f"{BUCKET}/run/{folder}", recursive=True)
+    yield {"fs": fs, "root": root, "indices": indices, "cache": cache, "url": f"s3://{BUCKET}/run/index"}
+    server.terminate()
+    server.wait(timeout=10)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def query(index: str, *options: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "clipflow.cli", "query", "--index", index, TEXT, "-k", "5", *options]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def cached_files(cache) -> dict:
+    return {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in cache.rglob("*") if path.is_file()}
+
+
+def test_query_answers_from_an_index_on_s3_as_from_the_local_folder_and_copies_it_once(s3):
+    local, remote = query(str(s3["root"] / "index")), query(s3["url"])
+    assert local.returncode == remote.returncode == 0, remote.stderr
+    assert remote.stdout == local.stdout and len(remote.stdout.splitlines()) == 5
+    first = cached_files(s3["cache"])
+    assert {"image.index", "image.ivfdata", "text.index", "text.ivfdata", "metadata.arrow", "model.json"} <= set(first)
+    again = query(s3["url"])
+    assert again.stdout == local.stdout
+    later = cached_files(s3["cache"])
+    for name in ("image.index", "image.ivfdata", "text.index", "text.ivfdata", "metadata.arrow"):
+        assert later[name] == first[name], name  # the same file, not fetched again
+    # no credential in what it prints or keeps
+    assert SECRET not in remote.stdout + remote.stderr + again.stderr
+    assert all(SECRET.encode() not in path.read_bytes() for path in s3["cache"].rglob("*") if path.is_file())
+
+
+def test_stored_vectors_on_s3_are_read_by_range_and_equal_the_local_ones(s3):
+    local, remote = ClipIndex(s3["root"] / "index"), ClipIndex(s3["url"])
+    ids = np.array([25, 0, 7, 24, 7])
+    for modality in ("image", "text"):
+        np.testing.assert_array_equal(remote.vectors(modality, ids), local.vectors(modality, ids))
+    assert remote.rows([3, 5]) == local.rows([3, 5])
+
+
+def test_a_damaged_object_is_refused_by_its_url_and_a_mended_one_is_fetched_again(s3, tmp_path, monkeypatch):
+    fs, url = s3["fs"], s3["url"]
+    lists = f"{BUCKET}/run/index/text.ivfdata"
+    original = fs.cat_file(lists)
+    try:
+        fs.pipe_file(lists, original[:-100])  # cut
+        cut = query(url, "--modality", "text")
+        assert cut.returncode == 1
+        assert f"damaged index: {url}/text.ivfdata: {len(original) - 100} bytes, {len(original)} were written" in (
+            cut.stderr
+        )
+        changed = bytearray(original)
+        changed[len(changed) // 2] ^= 0xFF
+        fs.pipe_file(lists, bytes(changed))  # the same size, other bytes: found as a fresh cache copies it
+        with monkeypatch.context() as scope:
+            scope.setenv("CLIPFLOW_CACHE", str(tmp_path / "fresh"))
+            with pytest.raises(ClipflowError, match=f"damaged index: {url}/text.ivfdata: its sha256 is not the one"):
+                ClipIndex(url)
+            assert not list((tmp_path / "fresh").rglob("text.ivfdata*"))  # nothing unchecked is kept
+    finally:
+        fs.pipe_file(lists, original)
+    mended = query(url, "--modality", "text")
+    assert mended.returncode == 0, mended.stderr
+    assert mended.stdout == query(str(s3["root"] / "index"), "--modality", "text").stdout
+
+
+def test_serve_answers_from_an_index_on_s3(s3, tmp_path):
+    indices = tmp_path / "indices.json"
+    indices.write_text(json.dumps({"remote": {"index": s3["url"]}, "local": {"index": str(s3["root"] / "index")}}))
+    server = Server(indices)
+    try:
+        answers = [
+            server.knn(text=TEXT, modality="text", indice_name=name, num_images=5) for name in ("remote", "local")
+        ]
+    finally:
+        server.stop()
+    assert answers[0][0] == 200 and answers[0] == answers[1]
+    assert [row["caption"] for row in answers[0][1]][0] == TEXT

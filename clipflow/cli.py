@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from clipflow import storage
 from clipflow.errors import ClipflowError
 from clipflow.index.vectors import RERANK_FACTOR
 
@@ -77,6 +78,9 @@ def _verify(args) -> None:
     from clipflow.index.folder import RECORDED, folder_records, infos_path
     from clipflow.shards import verify_folder
 
+    if storage.is_url(args.folder):
+        _verify_url_index(args.folder.rstrip("/"), args.remove_damaged)
+        return
     folder = Path(args.folder)
     if any(infos_path(folder, name).exists() for name in RECORDED):
         _verify_records(folder_records(folder), beside=True, remove=args.remove_damaged, what="index")
@@ -104,16 +108,36 @@ def _verify_records(records: list, beside: bool, remove: bool, what: str) -> Non
     damaged = {}
     for record in records:
         root = record.parent if beside else record.parent.parent
-        problems = record_damage(json.loads(record.read_text()), root, deep=True)
+        damaged[str(record)] = record_damage(json.loads(record.read_text()), root, deep=True)
+        if damaged[str(record)] and remove:
+            record.unlink()
+    _report_damage(damaged, remove, what)
+
+
+def _verify_url_index(url: str, remove: bool) -> None:
+    """An index folder on object storage, as a local one is checked: the sizes from one listing."""
+    present = storage.listing(url)
+    records = storage.index_record_names(present)
+    if not records:
+        raise ClipflowError(f"{url}: no index records to verify (an index folder holds metadata.infos.json)")
+    damaged = {}
+    for name in records:
+        damaged[f"{url}/{name}"] = storage.record_damage_at(url, present, name)
+        if damaged[f"{url}/{name}"] and remove:
+            storage.remove(f"{url}/{name}")
+    _report_damage(damaged, remove, "index")
+
+
+def _report_damage(damaged: dict[str, list[str]], removed: bool, what: str) -> None:
+    """Each record's problems, a count, and an exit status of 1 where any is damaged."""
+    for record, problems in damaged.items():
         if problems:
-            damaged[record] = problems
-            print(f"{record}: damaged, {'; '.join(problems)}" + (" (record removed)" if remove else ""))
-            if remove:
-                record.unlink()
-    print(f"{len(records)} {what} records checked: {len(damaged)} damaged")
-    if damaged and not remove:
+            print(f"{record}: damaged, {'; '.join(problems)}" + (" (record removed)" if removed else ""))
+    count = sum(bool(problems) for problems in damaged.values())
+    print(f"{len(damaged)} {what} records checked: {count} damaged")
+    if count and not removed:
         print("clipflow verify --remove-damaged removes their records; the next workflow run writes them again")
-    if damaged:
+    if count:
         sys.exit(1)
 
 
@@ -222,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="check a folder of shards, embeddings or an index against their recorded sizes and sha256"
     )
     verify.add_argument(
-        "folder", nargs="?", default="results/shards", help="a folder of shards, of embeddings, or an index folder"
+        "folder",
+        nargs="?",
+        default="results/shards",
+        help="a folder of shards, of embeddings, or an index folder (a local path or, for an index, a URL)",
     )
     verify.add_argument(
         "--remove-damaged",

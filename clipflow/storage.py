@@ -143,3 +143,43 @@ class RemoteRows:
             if isinstance(block, Exception) or len(block) != self.row_bytes:
                 raise ClipflowError(f"{self.url}: cannot read its rows: {block!r}"[:300])
         return np.frombuffer(b"".join(blocks), dtype=self.dtype).reshape(len(ids), self.shape[1])
+
+
+def index_record_names(present) -> list[str]:
+    """The records among an index folder's files (relative names): folder_records' set, found in a listing."""
+    return sorted(
+        name
+        for name in present
+        if (name.endswith(".infos.json") and "/" not in name)
+        or (name.count("/") == 1 and name.endswith("/trained.json"))
+        or (name.count("/") == 2 and "/parts/" in name and name.endswith(".json"))
+    )
+
+
+def record_damage_at(url: str, present: dict[str, int], record_name: str, deep: bool = True) -> list[str]:
+    """What is wrong with the files an index record at `url` lists (relative to the record's folder): missing or of
+    another size by the listing `present`, or (with `deep`) of another sha256, streamed from the storage."""
+    fs, root = filesystem(url)
+    root = root.rstrip("/")
+    record = json.loads(fs.cat_file(f"{root}/{record_name}"))
+    folder = posixpath.dirname(record_name)
+    problems = []
+    for name, size in record.get("file_sizes", {}).items():
+        relative = posixpath.join(folder, name) if folder else name
+        if relative not in present:
+            problems.append(f"{url}/{relative}: missing")
+        elif present[relative] != size:
+            problems.append(f"{url}/{relative}: {present[relative]} bytes, {size} were written")
+        elif deep and name in record.get("file_sha256", {}):
+            digest = hashlib.sha256()
+            with fs.open(f"{root}/{relative}", "rb") as remote:
+                for block in iter(lambda: remote.read(1 << 22), b""):
+                    digest.update(block)
+            if digest.hexdigest() != record["file_sha256"][name]:
+                problems.append(f"{url}/{relative}: its sha256 is not the one written")
+    return problems
+
+
+def remove(url: str) -> None:
+    fs, path = filesystem(url)
+    fs.rm_file(path)

@@ -16,6 +16,7 @@ TINY = {
     "image_check.py": ["--images", "2"],
     "index_jobs.py": ["--sizes", "20000", "--sets", "isotropic", "--queries", "10", "--shards-per-chunk", "1"]
     + ["--skip-autofaiss", "--config", str(REPO / "config/config.yaml")],
+    "object_storage.py": ["--sizes", "3000", "--queries", "10"],
     "plan_scale.py": ["--rows", "2000", "--files", "2", "--processes", "1"],
     "rerank.py": ["--sizes", "2000", "--factors", "1", "2", "--queries", "10"]
     + ["--config", str(REPO / "config/config.yaml")],

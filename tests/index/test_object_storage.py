@@ -139,3 +139,31 @@ def test_serve_answers_from_an_index_on_s3(s3, tmp_path):
         server.stop()
     assert answers[0][0] == 200 and answers[0] == answers[1]
     assert [row["caption"] for row in answers[0][1]][0] == TEXT
+
+
+def verify(url: str, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "clipflow.cli", "verify", url, *options], capture_output=True, text=True
+    )
+
+
+def test_verify_checks_an_index_on_s3_by_one_listing_and_its_sha256s(s3):
+    fs, url = s3["fs"], s3["url"]
+    clean = verify(url)
+    assert clean.returncode == 0 and "3 index records checked: 0 damaged" in clean.stdout, clean.stdout + clean.stderr
+    metadata = f"{BUCKET}/run/index/metadata.arrow"
+    original = fs.cat_file(metadata)
+    changed = bytearray(original)
+    changed[-5] ^= 0xFF
+    try:
+        fs.pipe_file(metadata, bytes(changed))  # the same size: only the sha256 tells
+        found = verify(url)
+        assert found.returncode == 1
+        assert f"{url}/metadata.infos.json: damaged, {url}/metadata.arrow: its sha256 is not the one" in found.stdout
+        removed = verify(url, "--remove-damaged")
+        assert removed.returncode == 1 and "(record removed)" in removed.stdout
+        assert not fs.exists(f"{BUCKET}/run/index/metadata.infos.json")  # the next run writes the metadata again
+    finally:
+        fs.pipe_file(metadata, original)
+        fs.put(str(s3["root"] / "index/metadata.infos.json"), f"{BUCKET}/run/index/metadata.infos.json")
+    assert SECRET not in clean.stdout + clean.stderr + found.stdout + found.stderr

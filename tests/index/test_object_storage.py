@@ -167,3 +167,37 @@ def test_verify_checks_an_index_on_s3_by_one_listing_and_its_sha256s(s3):
         fs.pipe_file(metadata, original)
         fs.put(str(s3["root"] / "index/metadata.infos.json"), f"{BUCKET}/run/index/metadata.infos.json")
     assert SECRET not in clean.stdout + clean.stderr + found.stdout + found.stderr
+
+
+def test_input_files_on_s3_are_planned_as_the_same_files_on_disk(s3, tmp_path):
+    """input.paths as an s3:// glob: the plan holds the rows planning the local copies gives, quirks and all."""
+    import gzip
+
+    import pandas as pd
+
+    from clipflow.config import validate_config
+    from clipflow.ingest.planner import make_plan
+
+    local = tmp_path / "meta"
+    local.mkdir()
+    rows = [
+        ("http://a.example/1.jpg", "A RED CAR\u00a0PARKED"),
+        ("http://a.example/2.jpg", "猫がソファで寝ている"),
+        ("not a url", "invalid"),
+        ("http://a.example/1.jpg", "A RED CAR\u00a0PARKED"),  # a duplicate within the file
+        ("HTTP://A.EXAMPLE/3.JPG?x=1&y=%20", "tab\there\x00nul"),
+    ]
+    pd.DataFrame(rows, columns=["url", "caption"]).to_parquet(local / "a.parquet")
+    pd.DataFrame(rows[:2] + [("http://b.example/4.png", "")], columns=["url", "caption"]).to_parquet(
+        local / "b.parquet"
+    )  # rows of a.parquet again: duplicates across files
+    (local / "c.csv.gz").write_bytes(gzip.compress(b'url,caption\nhttp://c.example/5.jpg,"Fahrrad, rot"\n'))
+    s3["fs"].put(str(local), f"{BUCKET}/meta", recursive=True)
+    plans = {}
+    for name, pattern in (("local", str(local)), ("s3", f"s3://{BUCKET}/meta")):
+        config = validate_config({"input": {"paths": [f"{pattern}/*.parquet", f"{pattern}/*.csv.gz"]}})
+        plan = make_plan(config, tmp_path / f"plan-{name}")
+        shards = [pd.read_parquet(plan.shard_path(shard)) for shard in plan.shards]
+        plans[name] = (plan.totals(), pd.concat(shards, ignore_index=True))
+    assert plans["s3"][0] == plans["local"][0] == {"rows": 9, "duplicates": 3, "invalid": 1, "planned": 5}
+    pd.testing.assert_frame_equal(plans["s3"][1], plans["local"][1])

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipflow import files
 from clipflow.errors import ClipflowError
 
 CACHE_ENVIRONMENT = "CLIPFLOW_CACHE"  # where copies of URL index folders are kept (default ~/.cache/clipflow)
@@ -67,7 +68,7 @@ def _cached_copy(fs, source: str, target: Path, size: int, sha256: str, url: str
     stamp = target.with_name(target.name + ".sha256")
     if target.exists() and target.stat().st_size == size and stamp.exists() and stamp.read_text() == sha256:
         return
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # two processes may fill one cache
     digest = hashlib.sha256()
     with fs.open(source, "rb") as remote, open(partial, "wb") as local:
         for block in iter(lambda: remote.read(1 << 22), b""):
@@ -79,7 +80,7 @@ def _cached_copy(fs, source: str, target: Path, size: int, sha256: str, url: str
         what = f"{got} bytes, {size} were written" if got != size else "its sha256 is not the one written"
         raise ClipflowError(f"damaged index: {url}: {what}; the next workflow run builds it again")
     os.replace(partial, target)
-    stamp.write_text(sha256)
+    files.write_text(stamp, sha256)
 
 
 def local_index_folder(url: str) -> Path:
@@ -93,7 +94,7 @@ def local_index_folder(url: str) -> Path:
         raise ClipflowError(f"{url}: not an index folder (no metadata.infos.json); run the workflow first")
     for name in (*INDEX_RECORDS, *SMALL_FILES):
         if name in present:
-            (target / name).write_bytes(fs.cat_file(f"{root}/{name}"))
+            files.write_bytes(target / name, fs.cat_file(f"{root}/{name}"))
         else:
             (target / name).unlink(missing_ok=True)
     for record in INDEX_RECORDS:

@@ -83,7 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     options = output_settings(load_config(args.config), "index")
     server, endpoint = moto_server()
-    work = Path(tempfile.mkdtemp())
+    scratch = tempfile.TemporaryDirectory()
+    work = Path(scratch.name)
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench",
         AWS_SECRET_ACCESS_KEY="bench",
@@ -127,6 +128,7 @@ def main() -> None:
                 )
     finally:
         server.terminate()
+        scratch.cleanup()
 
 
 if __name__ == "__main__":

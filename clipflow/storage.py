@@ -24,7 +24,6 @@ from clipflow import files
 from clipflow.errors import ClipflowError
 
 CACHE_ENVIRONMENT = "CLIPFLOW_CACHE"  # where copies of URL index folders are kept (default ~/.cache/clipflow)
-INDEX_RECORDS = ("metadata.infos.json", "image.infos.json", "text.infos.json")
 SMALL_FILES = ("image.vectors.json", "text.vectors.json")  # read fresh at every open
 
 
@@ -63,19 +62,27 @@ def listing(url: str) -> dict[str, int]:
     return {posixpath.relpath(path, root): int(info["size"]) for path, info in found.items()}
 
 
+def _streamed_sha256(fs, path: str, copy=None) -> str:
+    """The sha256 of an object, read once in blocks (and written to the file object `copy` as it is read)."""
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as remote:
+        for block in iter(lambda: remote.read(1 << 22), b""):
+            digest.update(block)
+            if copy is not None:
+                copy.write(block)
+    return digest.hexdigest()
+
+
 def _cached_copy(fs, source: str, target: Path, size: int, sha256: str, url: str) -> None:
     """`source` at `target` unless an earlier copy there has the recorded sha256; checked before it is kept."""
     stamp = target.with_name(target.name + ".sha256")
     if target.exists() and target.stat().st_size == size and stamp.exists() and stamp.read_text() == sha256:
         return
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # two processes may fill one cache
-    digest = hashlib.sha256()
-    with fs.open(source, "rb") as remote, open(partial, "wb") as local:
-        for block in iter(lambda: remote.read(1 << 22), b""):
-            digest.update(block)
-            local.write(block)
+    with open(partial, "wb") as local:
+        digest = _streamed_sha256(fs, source, copy=local)
     got = partial.stat().st_size
-    if got != size or digest.hexdigest() != sha256:
+    if got != size or digest != sha256:
         partial.unlink()
         what = f"{got} bytes, {size} were written" if got != size else "its sha256 is not the one written"
         raise ClipflowError(f"damaged index: {url}: {what}; the next workflow run builds it again")
@@ -89,22 +96,25 @@ def local_index_folder(url: str) -> Path:
     root = root.rstrip("/")
     target = cache_root() / "index" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:24]
     target.mkdir(parents=True, exist_ok=True)
+    from clipflow.index.folder import RECORDED, infos_path  # (that module reads URLs through this one)
+
+    records = [infos_path(".", name).name for name in RECORDED]
     present = listing(url)
     if "metadata.infos.json" not in present:
         raise ClipflowError(f"{url}: not an index folder (no metadata.infos.json); run the workflow first")
-    for name in (*INDEX_RECORDS, *SMALL_FILES):
+    for name in (*records, *SMALL_FILES):
         if name in present:
             files.write_bytes(target / name, fs.cat_file(f"{root}/{name}"))
         else:
             (target / name).unlink(missing_ok=True)
-    for record in INDEX_RECORDS:
+    for record in records:
         if not (target / record).exists():
             continue
         written = json.loads((target / record).read_text())
+        damage = listed_damage(url, present, written, deep=False)  # a missing or cut object, before any is read
+        if damage:
+            raise ClipflowError(f"damaged index: {'; '.join(damage)}; the next workflow run builds it again")
         for name, size in written["file_sizes"].items():
-            if present.get(name) != size:  # the listing tells a missing or cut object before anything is read
-                what = "missing" if name not in present else f"{present[name]} bytes, {size} were written"
-                raise ClipflowError(f"damaged index: {url}/{name}: {what}; the next workflow run builds it again")
             _cached_copy(fs, f"{root}/{name}", target / name, size, written["file_sha256"][name], f"{url}/{name}")
     return target
 
@@ -157,13 +167,17 @@ def index_record_names(present) -> list[str]:
     )
 
 
-def record_damage_at(url: str, present: dict[str, int], record_name: str, deep: bool = True) -> list[str]:
-    """What is wrong with the files an index record at `url` lists (relative to the record's folder): missing or of
-    another size by the listing `present`, or (with `deep`) of another sha256, streamed from the storage."""
+def record_damage_at(url: str, present: dict[str, int], record_name: str) -> list[str]:
+    """What is wrong with the files an index record at `url` lists, its sha256s included (see listed_damage)."""
     fs, root = filesystem(url)
-    root = root.rstrip("/")
-    record = json.loads(fs.cat_file(f"{root}/{record_name}"))
-    folder = posixpath.dirname(record_name)
+    record = json.loads(fs.cat_file(f"{root.rstrip('/')}/{record_name}"))
+    return listed_damage(url, present, record, deep=True, folder=posixpath.dirname(record_name))
+
+
+def listed_damage(url: str, present: dict[str, int], record: dict, deep: bool, folder: str = "") -> list[str]:
+    """What is wrong with the files a `files.written_record` lists (relative to `folder` under `url`): missing or
+    of another size by the listing `present`, or (with `deep`) of another sha256, streamed from the storage."""
+    fs, root = filesystem(url)
     problems = []
     for name, size in record.get("file_sizes", {}).items():
         relative = posixpath.join(folder, name) if folder else name
@@ -172,11 +186,7 @@ def record_damage_at(url: str, present: dict[str, int], record_name: str, deep: 
         elif present[relative] != size:
             problems.append(f"{url}/{relative}: {present[relative]} bytes, {size} were written")
         elif deep and name in record.get("file_sha256", {}):
-            digest = hashlib.sha256()
-            with fs.open(f"{root}/{relative}", "rb") as remote:
-                for block in iter(lambda: remote.read(1 << 22), b""):
-                    digest.update(block)
-            if digest.hexdigest() != record["file_sha256"][name]:
+            if _streamed_sha256(fs, f"{root.rstrip('/')}/{relative}") != record["file_sha256"][name]:
                 problems.append(f"{url}/{relative}: its sha256 is not the one written")
     return problems
 

@@ -119,8 +119,11 @@ class ClipIndex:
         if not isinstance(rerank_factor, int) or rerank_factor < 1:
             raise ClipflowError(f"rerank_factor must be a whole number of 1 or more, not {rerank_factor!r}")
         # A URL's folder is read from a checked local copy; the embeddings it re-ranks with stay where they are.
-        self.location = str(folder).rstrip("/") if storage.is_url(folder) else Path(folder)
-        self.folder = storage.local_index_folder(self.location) if storage.is_url(folder) else Path(folder)
+        if storage.is_url(folder):
+            self.location = str(folder).rstrip("/")
+            self.folder = storage.local_index_folder(self.location)
+        else:
+            self.location = self.folder = Path(folder)
         self.rerank_factor = rerank_factor
         missing = [name for name in ("metadata.arrow", MODEL_MANIFEST) if not (self.folder / name).exists()]
         if not self.folder.is_dir() or missing:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from clipflow import files
+from clipflow.bulk import EVERYTHING, fetch
 from clipflow.errors import ClipflowError
 
 SHARD_DIGITS = 8
@@ -64,24 +65,30 @@ def listed(listing: Path | str) -> list[str]:
     return json.loads(Path(listing).read_text())["records"]
 
 
-def listed_folder(listing: Path | str) -> Path:
+def listed_folder(listing: Path | str, fetched: tuple[str, ...] = EVERYTHING) -> Path:
     """The folder the listed records describe: the shards folder (records in its batches/) or the embeddings
-    folder (records in its info/)."""
-    return records_folder(listed(listing))
+    folder (records in its info/), with the recorded files that match a `fetched` pattern ("*.parquet",
+    "image/*") brought there from bulk storage where the records name it (clipflow.bulk)."""
+    records = listed(listing)
+    fetch(records, fetched)
+    return records_folder(records)
 
 
 def records_folder(records: list) -> Path:
     return Path(records[0]).parent.parent
 
 
-def listed_shards(listing: Path | str) -> tuple[Path, list[str]]:
-    """The folder the listed records describe and every shard they name, in the pool's order."""
-    return recorded_shards(listed(listing))
+def listed_shards(listing: Path | str, fetched: tuple[str, ...] = EVERYTHING) -> tuple[Path, list[str]]:
+    """The folder the listed records describe (its `fetched` files there, as listed_folder brings them) and
+    every shard they name, in the pool's order."""
+    return recorded_shards(listed(listing), fetched)
 
 
-def recorded_shards(records: list) -> tuple[Path, list[str]]:
-    """The folder that job records (in its batches/ or info/) describe and every shard they name, in order."""
+def recorded_shards(records: list, fetched: tuple[str, ...] = EVERYTHING) -> tuple[Path, list[str]]:
+    """The folder that job records (in its batches/ or info/) describe (its `fetched` files there, as
+    listed_folder brings them) and every shard they name, in order."""
     shards = [shard for record in records for shard in json.loads(Path(record).read_text())["shards"]]
+    fetch(records, fetched)
     return records_folder(records), shards
 
 

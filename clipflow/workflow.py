@@ -61,32 +61,47 @@ def consecutive(shards: list[str], size: int) -> dict[str, list[str]]:
     return {shards[i]: shards[i : i + size] for i in range(0, len(shards), size)}
 
 
-def reopen_incomplete(records: dict[str, list[Path]], beside: bool = False, remove: bool = True) -> dict[str, str]:
+def reopen_incomplete(
+    records: dict[str, list[Path]],
+    beside: bool = False,
+    remove: bool = True,
+    bulk: tuple[str, dict[str, int]] | None = None,
+) -> dict[str, str]:
     """Remove each record (a job's proof of completion) whose files are not all there, or not of the sizes it
     lists (`file_sizes`, relative to the folder above the record's, or with `beside` to the record's own), so
     that its job runs again; returns each such record with what is wrong. Without `remove` (a dry run) the
-    records stay. Each folder is listed once: at scale there are ~100k files."""
-    listings: dict[Path, dict[str, os.DirEntry]] = {}
+    records stay. Each folder is listed once: at scale there are ~100k files.
 
-    def entry(path: Path) -> os.DirEntry | None:
+    With `bulk`, (the folder URL the records' files are to be kept in, its listing's sizes by the local paths
+    they stand for: clipflow.bulk.listed_sizes), the files are looked up there, and a record that names another
+    place for them (or none) is removed too."""
+    listings: dict[Path, dict[str, int]] = {}
+
+    def size(path: Path) -> int | None:
+        if bulk:
+            return bulk[1].get(path.as_posix())
         if path.parent not in listings:
-            listings[path.parent] = {e.name: e for e in os.scandir(path.parent)} if path.parent.is_dir() else {}
+            found = os.scandir(path.parent) if path.parent.is_dir() else []
+            listings[path.parent] = {e.name: e.stat().st_size for e in found}
         return listings[path.parent].get(path.name)
 
     reopened = {}
     for record, files in records.items():
         if not os.path.exists(record):
             continue
-        sizes = json.loads(Path(record).read_text()).get("file_sizes", {})
+        written = json.loads(Path(record).read_text())
+        sizes = written.get("file_sizes", {})
         root = Path(record).parent if beside else Path(record).parent.parent
         problems = []
+        if bulk and written.get("bulk") != bulk[0]:
+            problems.append(f"its files are kept in {written.get('bulk') or root}, storage.bulk says {bulk[0]}")
         for path in map(Path, files):
-            found = entry(path)
+            found = size(path)
             recorded = sizes.get(path.relative_to(root).as_posix()) if path.is_relative_to(root) else None
             if found is None:
                 problems.append(f"{path.name} missing")
-            elif recorded is not None and found.stat().st_size != recorded:
-                problems.append(f"{path.name} is {found.stat().st_size} bytes, {recorded} were written")
+            elif recorded is not None and found != recorded:
+                problems.append(f"{path.name} is {found} bytes, {recorded} were written")
         if problems:
             done = "removed, its job runs again" if remove else "would be removed: its job reruns"
             print(f"clipflow: {problems[:5]}: {record} {done}", file=sys.stderr)

@@ -2,6 +2,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from clipflow.bulk import folder_url, listed_sizes
 from clipflow.config import output_settings, validate_config
 from clipflow.curate.filters import make_filter
 from clipflow.embed import SHARD_FILES
@@ -122,8 +123,11 @@ def shard_embeddings(kind, shards):
 # A job's record stands for files written beside it: where one is gone, the record goes, and the job runs again.
 # A dry run keeps the record and gives the job a `repair` param naming what is wrong: Snakemake lists the job
 # for its changed params, and a real run's `repair` is always "" (it removes the record instead).
+# With storage.bulk the shards' and embeddings' files are looked up in one listing of each folder there.
+BULK = config["storage"]["bulk"]
 REOPENED = {}
 if workflow.is_main_process:
+    BULK_SIZES = checked(listed_sizes, BULK, [SHARDS_DIR, EMBEDDINGS_DIR]) if BULK else None
     REOPENED.update(
         reopen_incomplete(
             {
@@ -133,6 +137,7 @@ if workflow.is_main_process:
                 for batch, shards in BATCHES.items()
             },
             remove=not READ_ONLY,
+            bulk=(folder_url(BULK, SHARDS_DIR), BULK_SIZES) if BULK else None,
         )
     )
     REOPENED.update(
@@ -144,6 +149,7 @@ if workflow.is_main_process:
                 for chunk, shards in CHUNKS.items()
             },
             remove=not READ_ONLY,
+            bulk=(folder_url(BULK, EMBEDDINGS_DIR), BULK_SIZES) if BULK else None,
         )
     )
     # The index's files, each listed with its size in a record beside it.

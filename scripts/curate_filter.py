@@ -9,6 +9,8 @@ with redirect_to_log(snakemake.log[0]):
     if "prepared" in snakemake.input.keys():  # the result of the filter's own jobs stands for the embeddings
         arrays = [snakemake.input.prepared]
     else:
-        arrays = embedding_files(*listed_shards(snakemake.input.chunks), modality) if modality else []
+        arrays = (
+            embedding_files(*listed_shards(snakemake.input.chunks, (f"{modality}/*",)), modality) if modality else []
+        )
     info = run_filter(snakemake.params.options, snakemake.input.pool, arrays, snakemake.output.table)
     files.write_json(snakemake.output.info, info)

@@ -11,7 +11,7 @@ with redirect_to_log(snakemake.log[0]):
     plan = load_plan(Path(snakemake.input.plan).parent)
     embeddings = listed_folder(snakemake.input.chunks)
     # The downloads' parquets, but none when the embeddings are precomputed (the pool is then made from metadata)
-    downloads = listed_folder(snakemake.input.batches) if "batches" in snakemake.input.keys() else None
+    downloads = listed_folder(snakemake.input.batches, ("*.parquet",)) if "batches" in snakemake.input.keys() else None
     metadata, image, text = (embedding_files(embeddings, plan.shards, kind) for kind in ("metadata", "image", "text"))
     shards = [
         {

@@ -24,5 +24,5 @@ with redirect_to_log(snakemake.log[0]):
     plot_score_cut(histogram, thresholds, output.score_cut)
     # shards sit beside batches/; a subset chosen before the download (embed.precomputed) has no images yet
     batches = snakemake.input.get("batches")  # the downloads' listing
-    reader = ShardReader(listed_folder(batches)) if batches else None
+    reader = ShardReader(listed_folder(batches, ("*.tar", "*_stats.json"))) if batches else None
     plot_examples(examples(snakemake.input.pool, tables, kept_by_group, reader), output.examples)

@@ -15,4 +15,5 @@ with redirect_to_log(snakemake.log[0]):
         snakemake.output.record,
         threads=snakemake.config["download"]["threads"],
         filtered=removed_for(snakemake.input.subset, shards) if snakemake.input.get("subset") else None,
+        bulk=snakemake.config["storage"]["bulk"],
     )

@@ -1,10 +1,12 @@
 from pathlib import Path
 
+from clipflow.bulk import fetch, publish
 from clipflow.embed.embedder import embed_chunk
 from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
     options = snakemake.config["embed"]
+    fetch(snakemake.input.batches)  # the chunk's shards, where they are kept on bulk storage
     embed_chunk(
         snakemake.params.tars,
         snakemake.input.manifest,
@@ -16,3 +18,4 @@ with redirect_to_log(snakemake.log[0]):
         batch_size=options["batch_size"],
         workers=min(options["workers"], snakemake.threads),
     )
+    publish(snakemake.output.record, snakemake.config["storage"]["bulk"])

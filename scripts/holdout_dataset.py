@@ -20,7 +20,7 @@ def held_batches():
 
 
 with redirect_to_log(snakemake.log[0]):
-    reader = ShardReader(listed_folder(snakemake.input.batches))
+    reader = ShardReader(listed_folder(snakemake.input.batches, ("*.tar", "*_stats.json")))
     samples, held = slice_samples(held_batches, reader, snakemake.params.max_samples)
     print(f"{held} rows held out, {len(samples)} with an image in the evaluation's slice")
     if len(samples) < 2:

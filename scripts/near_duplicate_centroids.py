@@ -3,5 +3,5 @@ from clipflow.logs import redirect_to_log
 from clipflow.shards import listed_shards
 
 with redirect_to_log(snakemake.log[0]):
-    folder, shards = listed_shards(snakemake.input.chunks)
+    folder, shards = listed_shards(snakemake.input.chunks, (f"{snakemake.params.options['modality']}/*",))
     write_centroids(folder, shards, snakemake.params.options, snakemake.output.centroids, snakemake.output.layout)

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from clipflow.bulk import publish
 from clipflow.embed.precomputed import read_precomputed_chunk
 from clipflow.ingest.planner import load_plan
 from clipflow.logs import redirect_to_log
@@ -14,3 +15,4 @@ with redirect_to_log(snakemake.log[0]):
         Path(snakemake.output.record).parent.parent,  # the embeddings folder: records sit in info/
         snakemake.output.record,
     )
+    publish(snakemake.output.record, snakemake.config["storage"]["bulk"])

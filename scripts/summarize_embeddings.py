@@ -5,7 +5,9 @@ from clipflow.embed.summary import plot_similarity, plot_throughput, summarize_e
 from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
-    folder, shards = listed_shards(snakemake.input.chunks)  # the embeddings folder, the pool's shards
+    folder, shards = listed_shards(
+        snakemake.input.chunks, ("image/*", "text/*")
+    )  # the embeddings folder, the pool's shards
     image, text = (embedding_files(folder, shards, kind) for kind in ("image", "text"))
     summary, similarities = summarize_embeddings(listed(snakemake.input.chunks), image, text)
     files.write_json(snakemake.output.summary, summary)

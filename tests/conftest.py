@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +260,44 @@ def planned_jobs(output: str) -> list[str]:
             wildcard = re.search(r"wildcards: \w+=([\w-]+)", block)
             jobs.append(rule.group(1) + (f"[{wildcard.group(1)}]" if wildcard else ""))
     return sorted(jobs)
+
+
+@contextlib.contextmanager
+def moto_s3(cache: Path, secret: str = "moto-secret"):
+    """A moto S3 server on 127.0.0.1, this process's environment pointing at it (as a user's AWS_* variables
+    would, so subprocesses inherit it) and clipflow's cache at `cache`; yields an s3fs file system on it."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.2)
+    environment = {
+        "AWS_ACCESS_KEY_ID": "clipflow-key",
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "CLIPFLOW_CACHE": str(cache),
+    }
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        yield s3fs.S3FileSystem()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

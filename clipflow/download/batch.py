@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from clipflow import files, shards
+from clipflow.bulk import folder_url, read_object, stored_files, upload
 from clipflow.download.img2dataset_tool import fetch_shard
 from clipflow.errors import ClipflowError
 from clipflow.progress import Progress
@@ -35,6 +36,7 @@ def download_batch(
     record: Path | str,
     threads: int,
     filtered: dict[str, dict[str, str]] | None = None,
+    bulk: str | None = None,
 ) -> list[str]:
     """Download each plan shard not yet complete, then write `record`, the batch's proof of completion; returns
     the shards downloaded now. The record names the shards and their files' sizes, nothing about this run, so a
@@ -45,29 +47,42 @@ def download_batch(
     each: they are not fetched, and the shard's parquet gives them status `filtered`. A shard downloaded for
     another selection is downloaded again. A shard that fails does not stop the others; the batch fails at the
     end, naming it, and a rerun downloads only what is still missing.
+
+    With `bulk` (storage.bulk) each shard is uploaded to the shards' folder there as soon as it is finished, and a
+    shard already complete there (its stats file with this digest, its tar of the recorded size) is kept without
+    being fetched; the record names the folder's URL.
     """
-    failed, downloaded = {}, []
+    failed, downloaded, sizes = {}, [], {}
     filtered = filtered or {}
+    url = folder_url(bulk, output_folder) if bulk else None
     for number, plan_shard in enumerate(map(Path, plan_shards), start=1):
         shard = plan_shard.stem
         left_out = filtered.get(shard, {})
         digest = settings_digest(options, kept_columns, left_out)
-        if is_current(output_folder, shard, digest):
-            log.info("shard %s is complete, kept", shard)
+        stored = stored_shard(url, shard, digest) if url else None
+        if stored:
+            log.info("shard %s is complete on %s, kept", shard, url)
+            sizes.update(stored)
             continue
+        current = is_current(output_folder, shard, digest)
+        if current:
+            log.info("shard %s is complete, kept", shard)
         try:
-            place = f"{number} of {len(plan_shards)}"
-            download_shard(plan_shard, output_folder, options, kept_columns, threads, digest, left_out, place)
+            if not current:
+                place = f"{number} of {len(plan_shards)}"
+                download_shard(plan_shard, output_folder, options, kept_columns, threads, digest, left_out, place)
+                downloaded.append(shard)
+            written = shards.shard_files(output_folder, shard)
+            if url:  # in SUFFIXES order: the stats file last
+                upload(output_folder, url, [path.name for path in written])
+            sizes.update(files.sizes(written, relative_to=output_folder))
         except Exception as error:  # whatever broke this shard, the rest of the batch goes on
             log.exception("shard %s failed", shard)
             failed[shard] = f"{type(error).__name__}: {error}"
-            continue
-        downloaded.append(shard)
     if failed:
         raise ClipflowError(f"{len(failed)} of {len(plan_shards)} shards failed, rerun to retry them: {failed}")
     names = [Path(plan_shard).stem for plan_shard in plan_shards]
-    written = [path for shard in names for path in shards.shard_files(output_folder, shard)]
-    files.write_json(record, {"shards": names, "file_sizes": files.sizes(written, relative_to=output_folder)})
+    files.write_json(record, {"shards": names, "file_sizes": sizes, **({"bulk": url} if url else {})})
     return downloaded
 
 
@@ -79,6 +94,22 @@ def settings_digest(options: dict, kept_columns: list[str], left_out: dict[str, 
         settings["left_out"] = left_out
     settings = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
+def stored_shard(url: str, shard: str, digest: str) -> dict[str, int] | None:
+    """The sizes of a shard's files on bulk storage where it is complete there (its stats file with `digest`, its
+    tar of the size the stats file records), else None: one LIST request and one small GET."""
+    present = stored_files(url, shard)
+    names = [f"{shard}{suffix}" for suffix in shards.SUFFIXES]
+    if any(name not in present for name in names):
+        return None
+    stats = json.loads(read_object(url, f"{shard}_stats.json"))
+    if stats.get("clipflow_settings") != digest:
+        return None
+    if stats.get("clipflow_tar", {}).get("bytes") != present[f"{shard}.tar"]:
+        log.warning("shard %s on %s: its tar is not of the recorded size: downloaded again", shard, url)
+        return None
+    return {name: present[name] for name in names}
 
 
 def is_current(folder: Path | str, shard: str, digest: str) -> bool:

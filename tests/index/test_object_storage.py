@@ -3,18 +3,15 @@ its URL, answer as from the local folder, copy its files once into a checked loc
 range, refuse a damaged object by name, and write no credential anywhere."""
 
 import json
-import os
 import subprocess
 import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from clipflow.errors import ClipflowError
 from clipflow.index.folder import ClipIndex
-from conftest import free_port
+from conftest import moto_s3
 from served import Server, build_index_folder
 
 SECRET = "s3cr3t-never-in-any-output"
@@ -24,48 +21,16 @@ TEXT = "picture number 3 of a red thing"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """A moto S3 server, the process environment pointing at it (as a user's AWS_* variables would), and a built
-    index folder with its embeddings uploaded under s3://BUCKET/run/."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "moto did not start"
-            time.sleep(0.2)
+    """A moto S3 server (conftest.moto_s3) and a built index folder with its embeddings uploaded under
+    s3://BUCKET/run/."""
     cache = tmp_path_factory.mktemp("cache")
-    environment = {
-        "AWS_ACCESS_KEY_ID": "clipflow-key",
-        "AWS_SECRET_ACCESS_KEY": SECRET,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-        "CLIPFLOW_CACHE": str(cache),
-    }
-    saved = {name: os.environ.get(name) for name in environment}
-    os.environ.update(environment)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    root = tmp_path_factory.mktemp("built")
-    indices = build_index_folder(root)
-    fs = s3fs.S3FileSystem()
-    fs.mkdir(BUCKET)
-    for folder in ("index", "embeddings"):
-        fs.put(str(root / folder), f"{BUCKET}/run/{folder}", recursive=True)
-    yield {"fs": fs, "root": root, "indices": indices, "cache": cache, "url": f"s3://{BUCKET}/run/index"}
-    server.terminate()
-    server.wait(timeout=10)
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with moto_s3(cache, SECRET) as fs:
+        root = tmp_path_factory.mktemp("built")
+        indices = build_index_folder(root)
+        fs.mkdir(BUCKET)
+        for folder in ("index", "embeddings"):
+            fs.put(str(root / folder), f"{BUCKET}/run/{folder}", recursive=True)
+        yield {"fs": fs, "root": root, "indices": indices, "cache": cache, "url": f"s3://{BUCKET}/run/index"}
 
 
 def query(index: str, *options: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,119 @@
+"""The workflow with its bulk data on S3 (storage.bulk, a moto server on 127.0.0.1): the small demo run keeps its
+shards and embeddings there, reruns nothing, works with the local copies gone, finds a deleted or cut object and
+redoes its jobs, and a batch cut short resumes without fetching or downloading its finished shards again."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clipflow.shards import SUFFIXES
+from conftest import free_port, moto_s3, planned_jobs, run_snakemake, small_run_config, write_config
+
+BUCKET = "clipflow-bulk"
+BULK = f"s3://{BUCKET}/run"
+SHARDS = ["00000000", "00000001"]  # the small run's two shards, one download batch and one embedding chunk
+KINDS = ("image/{}.npy", "text/{}.npy", "metadata/{}.parquet")
+
+
+@pytest.fixture(scope="module")
+def bulk_run(tmp_path_factory):
+    with moto_s3(tmp_path_factory.mktemp("cache")) as fs:
+        fs.mkdir(BUCKET)
+        workdir = tmp_path_factory.mktemp("bulk")
+        config = small_run_config(free_port())
+        config["train"]["subsets"] = []  # training reads the reshards, which stay in results/
+        config["download"]["shards_per_job"] = 2
+        config["storage"] = {"bulk": BULK}
+        write_config(workdir, config)
+        run_snakemake(workdir, "--cores", "2")
+        yield workdir, fs
+
+
+def bulk_files() -> list[str]:
+    names = [f"shards/{shard}{suffix}" for shard in SHARDS for suffix in SUFFIXES]
+    return names + [f"embeddings/{kind.format(shard)}" for shard in SHARDS for kind in KINDS]
+
+
+def stored(fs) -> dict[str, int]:
+    root = f"{BUCKET}/run/"
+    return {path.removeprefix(root): info["size"] for path, info in fs.find(root, detail=True).items()}
+
+
+def local_copies(workdir: Path) -> dict[str, Path]:
+    return {name: workdir / "results" / name for name in bulk_files()}
+
+
+def query(index: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "clipflow.cli", "query", "--index", index, "a red circle", "-k", "5"]
+    return subprocess.run(command, capture_output=True, text=True, check=True)
+
+
+def test_the_run_keeps_shards_and_embeddings_on_s3_reruns_nothing_and_needs_no_local_copies(bulk_run):
+    workdir, fs = bulk_run
+    objects = stored(fs)
+    for name, local in local_copies(workdir).items():
+        assert objects[name] == local.stat().st_size, name
+    batch = json.loads((workdir / "results/shards/batches/00000000.json").read_text())
+    chunk = json.loads((workdir / "results/embeddings/info/00000000.json").read_text())
+    assert batch["bulk"] == f"{BULK}/shards" and chunk["bulk"] == f"{BULK}/embeddings"
+    assert sorted(batch["file_sizes"]) == sorted(name.removeprefix("shards/") for name in bulk_files()[:6])
+
+    # The index uploaded beside the bulk folders: a search re-ranks with the embeddings there, by range.
+    fs.put(str(workdir / "results/index"), f"{BUCKET}/run/index", recursive=True)
+    assert query(f"{BULK}/index").stdout == query(str(workdir / "results/index")).stdout
+    objects = stored(fs)
+
+    summary = (workdir / "results/summary/download.json").read_text()
+    for local in local_copies(workdir).values():  # as on a machine that shares no folder with the others
+        local.unlink()
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(run_snakemake(workdir, "-n"))
+    run_snakemake(workdir, "--cores", "2", "--forcerun", "summarize_downloads")
+    assert (workdir / "results/summary/download.json").read_text() == summary
+    fetched = sorted(name for name, local in local_copies(workdir).items() if local.exists())
+    assert fetched == [f"shards/{shard}.parquet" for shard in SHARDS]  # what the summary reads, and only that
+    assert stored(fs) == objects
+
+
+def test_a_deleted_or_cut_object_is_found_and_its_jobs_run_again(bulk_run):
+    workdir, fs = bulk_run
+    before = stored(fs)
+    fs.rm(f"{BUCKET}/run/shards/00000001.tar")
+    cut = f"{BUCKET}/run/embeddings/text/00000000.npy"
+    fs.pipe(cut, fs.cat(cut)[:-7])
+
+    dry = run_snakemake(workdir, "-n")
+    jobs = planned_jobs(dry.stdout)
+    assert "download_batch[00000000]" in jobs and "embed_chunk[00000000]" in jobs and "fetch_model" not in jobs
+    assert "00000001.tar missing" in dry.stderr and "00000000.npy is" in dry.stderr
+
+    run_snakemake(workdir, "--cores", "2")
+    assert stored(fs).keys() == before.keys()
+    assert stored(fs)["embeddings/text/00000000.npy"] == before["embeddings/text/00000000.npy"]
+    log = (workdir / "logs/download/00000000.log").read_text()
+    assert f"shard 00000000 is complete on {BULK}/shards, kept" in log  # the intact shard is neither fetched
+    assert "shard 00000001: downloading" in log  # nor downloaded; the one whose tar was lost is downloaded again
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(run_snakemake(workdir, "-n"))
+
+
+def test_a_batch_cut_short_resumes_without_fetching_or_downloading_its_finished_shard(bulk_run):
+    workdir, fs = bulk_run
+    # What a batch killed after its first shard leaves: that shard on S3, no record, nothing local.
+    finished = fs.info(f"{BUCKET}/run/shards/00000000.tar")["LastModified"]
+    for suffix in SUFFIXES:
+        fs.rm(f"{BUCKET}/run/shards/00000001{suffix}")
+    (workdir / "results/shards/batches/00000000.json").unlink()
+    for local in local_copies(workdir).values():
+        local.unlink(missing_ok=True)
+
+    run_snakemake(workdir, "--cores", "2", "results/shards/batches/00000000.json")
+    log = (workdir / "logs/download/00000000.log").read_text()
+    assert f"shard 00000000 is complete on {BULK}/shards, kept" in log and "shard 00000000: downloading" not in log
+    assert "shard 00000001: downloading" in log
+    assert fs.info(f"{BUCKET}/run/shards/00000000.tar")["LastModified"] == finished
+    assert not (workdir / "results/shards/00000000.tar").exists()
+    assert all(f"shards/00000001{suffix}" in stored(fs) for suffix in SUFFIXES)
+    run_snakemake(workdir, "--cores", "2")
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(run_snakemake(workdir, "-n"))

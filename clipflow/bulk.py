@@ -110,3 +110,72 @@ def stored_files(url: str, prefix: str) -> dict[str, int]:
 def read_object(url: str, name: str) -> bytes:
     fs, root = storage.filesystem(url)
     return fs.cat_file(f"{root.rstrip('/')}/{name}")
+
+
+class _Hashing:
+    """A file object's reads, hashed as they pass (tarfile reads a stream through it)."""
+
+    def __init__(self, stream):
+        import hashlib
+
+        self.stream, self.digest, self.bytes = stream, hashlib.sha256(), 0
+
+    def read(self, size=-1) -> bytes:
+        block = self.stream.read(size)
+        self.digest.update(block)
+        self.bytes += len(block)
+        return block
+
+
+def stored_tar_damage(url: str, shard: str, recorded: dict) -> str | None:
+    """Why a shard's tar on the storage is not the one recorded in its stats file (clipflow_tar), or None: its
+    sha256 and sample count from one streamed read, as clipflow.shards.damage(deep=True) checks a local one."""
+    import tarfile
+
+    fs, root = storage.filesystem(url)
+    with fs.open(f"{root.rstrip('/')}/{shard}.tar", "rb") as remote:
+        stream = _Hashing(remote)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as members:
+                samples = len({member.name.partition(".")[0] for member in members})
+        except Exception as error:  # tarfile raises several kinds on damaged headers
+            return f"not a readable tar: {error}"
+        while stream.read(1 << 22):  # the padding after the last member is the tar's too
+            pass
+    if stream.digest.hexdigest() != recorded["sha256"]:
+        return "its sha256 differs from the one recorded when it was written"
+    if samples != recorded["samples"]:
+        return f"{samples} samples where {recorded['samples']} were written"
+    return None
+
+
+def verify_stored_shards(
+    url: str, remove: bool = False, present: dict[str, int] | None = None
+) -> tuple[dict[str, str], int]:
+    """Deep-check every complete shard in the shards folder at `url` from one listing, as
+    clipflow.shards.verify_folder checks a local one (`present`: that listing, if made already): ({shard: why} for the damaged ones, shards checked). With
+    `remove`, a damaged shard's objects are removed (its stats file first), so that the next run downloads it
+    again."""
+    from clipflow.shards import SUFFIXES
+
+    present = storage.listing(url) if present is None else present
+    complete = sorted(
+        name.removesuffix("_stats.json")
+        for name in present
+        if name.endswith("_stats.json") and all(f"{name.removesuffix('_stats.json')}{s}" in present for s in SUFFIXES)
+    )
+    damaged = {}
+    for shard in complete:
+        recorded = json.loads(read_object(url, f"{shard}_stats.json")).get("clipflow_tar")
+        if recorded is None:
+            why = "its stats file has no integrity record (written before clipflow recorded one)"
+        elif present[f"{shard}.tar"] != recorded["bytes"]:
+            why = f"{present[f'{shard}.tar']} bytes where {recorded['bytes']} were written"
+        else:
+            why = stored_tar_damage(url, shard, recorded)
+        if why:
+            damaged[shard] = why
+            if remove:
+                for suffix in reversed(SUFFIXES):
+                    storage.remove(f"{url}/{shard}{suffix}")
+    return damaged, len(complete)

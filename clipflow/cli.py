@@ -79,9 +79,15 @@ def _verify(args) -> None:
     from clipflow.shards import verify_folder
 
     if storage.is_url(args.folder):
-        _verify_url_index(args.folder.rstrip("/"), args.remove_damaged)
+        _verify_url(args.folder.rstrip("/"), args.remove_damaged)
         return
     folder = Path(args.folder)
+    batches = sorted(folder.glob("batches/*.json"))[:1]
+    stored_at = json.loads(batches[0].read_text()).get("bulk") if batches else None
+    if stored_at:  # a shards folder whose shards are kept on bulk storage (storage.bulk)
+        print(f"{folder}: its shards are kept in {stored_at}: checked there")
+        _verify_url(stored_at, args.remove_damaged)
+        return
     if any(infos_path(folder, name).exists() for name in RECORDED):
         _verify_records(folder_records(folder), beside=True, remove=args.remove_damaged, what="index")
         return
@@ -89,11 +95,14 @@ def _verify(args) -> None:
         records = sorted((folder / "info").glob("*.json"))
         _verify_records(records, beside=False, remove=args.remove_damaged, what="embedding")
         return
-    damaged, checked = verify_folder(folder, remove=args.remove_damaged)
+    _report_shards(*verify_folder(folder, remove=args.remove_damaged), folder, args.remove_damaged)
+
+
+def _report_shards(damaged: dict[str, str], checked: int, folder, removed: bool) -> None:
     for shard, why in damaged.items():
-        print(f"{shard}: damaged, {why}" + (" (removed)" if args.remove_damaged else ""))
+        print(f"{shard}: damaged, {why}" + (" (removed)" if removed else ""))
     print(f"{checked} complete shards checked in {folder}: {len(damaged)} damaged")
-    if damaged and not args.remove_damaged:
+    if damaged and not removed:
         print("clipflow verify --remove-damaged removes them; the next workflow run downloads them again")
     if damaged:
         sys.exit(1)
@@ -105,21 +114,35 @@ def _verify_records(records: list, beside: bool, remove: bool, what: str) -> Non
     again."""
     from clipflow.files import record_damage
 
-    damaged = {}
+    damaged, listings = {}, {}
     for record in records:
-        root = record.parent if beside else record.parent.parent
-        damaged[str(record)] = record_damage(json.loads(record.read_text()), root, deep=True)
+        written = json.loads(record.read_text())
+        if written.get("bulk"):  # its files are kept on bulk storage: checked there, by one listing of it
+            url = written["bulk"]
+            listings[url] = listings[url] if url in listings else storage.listing(url)
+            damaged[str(record)] = storage.listed_damage(url, listings[url], written, deep=True)
+        else:
+            root = record.parent if beside else record.parent.parent
+            damaged[str(record)] = record_damage(written, root, deep=True)
         if damaged[str(record)] and remove:
             record.unlink()
     _report_damage(damaged, remove, what)
 
 
-def _verify_url_index(url: str, remove: bool) -> None:
-    """An index folder on object storage, as a local one is checked: the sizes from one listing."""
+def _verify_url(url: str, remove: bool) -> None:
+    """An index folder or a shards folder on object storage, as a local one is checked: the sizes from one
+    listing."""
+    from clipflow.bulk import verify_stored_shards
+
     present = storage.listing(url)
+    if "metadata.infos.json" not in present and any(name.endswith("_stats.json") for name in present):
+        _report_shards(*verify_stored_shards(url, remove, present), url, remove)
+        return
     records = storage.index_record_names(present)
     if not records:
-        raise ClipflowError(f"{url}: no index records to verify (an index folder holds metadata.infos.json)")
+        raise ClipflowError(
+            f"{url}: nothing to verify (an index folder holds metadata.infos.json, a shards folder *_stats.json)"
+        )
     damaged = {}
     for name in records:
         damaged[f"{url}/{name}"] = storage.record_damage_at(url, present, name)

@@ -117,3 +117,41 @@ def test_a_batch_cut_short_resumes_without_fetching_or_downloading_its_finished_
     assert all(f"shards/00000001{suffix}" in stored(fs) for suffix in SUFFIXES)
     run_snakemake(workdir, "--cores", "2")
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(run_snakemake(workdir, "-n"))
+
+
+def verify(folder: Path, *options: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "clipflow.cli", "verify", str(folder), *options]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def flip_a_byte(fs, path: str) -> None:
+    data = bytearray(fs.cat(path))
+    data[len(data) // 2] ^= 0xFF
+    fs.pipe(path, bytes(data))
+
+
+def test_verify_checks_the_objects_by_sha256_and_removes_what_is_damaged(bulk_run):
+    workdir, fs = bulk_run
+    shards, embeddings = workdir / "results/shards", workdir / "results/embeddings"
+    clean = verify(shards)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert f"2 complete shards checked in {BULK}/shards: 0 damaged" in clean.stdout
+    assert verify(embeddings).returncode == 0
+
+    flip_a_byte(fs, f"{BUCKET}/run/shards/00000001.tar")  # same size: only a sha256 tells
+    flip_a_byte(fs, f"{BUCKET}/run/embeddings/image/00000000.npy")
+    found = verify(shards)
+    assert found.returncode == 1
+    assert "00000001: damaged, its sha256 differs from the one recorded" in found.stdout
+    assert f"{BULK}/embeddings/image/00000000.npy: its sha256 is not the one written" in verify(embeddings).stdout
+
+    assert (
+        "00000001: damaged, its sha256 differs from the one recorded when it was written (removed)"
+        in verify(shards, "--remove-damaged").stdout
+    )
+    assert not any(f"shards/00000001{suffix}" in stored(fs) for suffix in SUFFIXES)
+    assert "shards/00000000.tar" in stored(fs)
+    verify(embeddings, "--remove-damaged")
+    assert not (embeddings / "info/00000000.json").exists()
+    jobs = planned_jobs(run_snakemake(workdir, "-n").stdout)
+    assert "download_batch[00000000]" in jobs and "embed_chunk[00000000]" in jobs

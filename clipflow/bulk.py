@@ -152,10 +152,10 @@ def stored_tar_damage(url: str, shard: str, recorded: dict) -> str | None:
 def verify_stored_shards(
     url: str, remove: bool = False, present: dict[str, int] | None = None
 ) -> tuple[dict[str, str], int]:
-    """Deep-check every complete shard in the shards folder at `url` from one listing, as
-    clipflow.shards.verify_folder checks a local one (`present`: that listing, if made already): ({shard: why} for the damaged ones, shards checked). With
-    `remove`, a damaged shard's objects are removed (its stats file first), so that the next run downloads it
-    again."""
+    """Deep-check every complete shard in the shards folder at `url` from one listing (`present`, if made
+    already), as clipflow.shards.verify_folder checks a local one: ({shard: why} for the damaged ones, shards
+    checked). With `remove`, a damaged shard's objects are removed (its stats file first), so that the next run
+    downloads it again."""
     from clipflow.shards import SUFFIXES
 
     present = storage.listing(url) if present is None else present

@@ -28,15 +28,14 @@ from rerank import clustered, index_folder, normalized
 BUCKET, POOL = "bench", 1_280_000_000
 
 
-def moto_server() -> tuple[subprocess.Popen, str]:
+def moto_server(log=subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
+    """A moto server on loopback; it logs a line per request to `log`."""
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=log, stderr=log)
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:

@@ -63,10 +63,12 @@ def publish(record: Path | str, bulk: str | None) -> None:
     files.write_json(record, {**written, "bulk": url})
 
 
-def fetch(records: list, wanted: tuple[str, ...] = EVERYTHING) -> None:
+def fetch(records: list, wanted: tuple[str, ...] = EVERYTHING) -> list[Path]:
     """Bring the files that job records list (those matching a `wanted` pattern, such as "*.parquet" or
     "image/*") into the local folder the records describe, where a record names a bulk folder and the local copy
-    is missing or of another size; each copy is checked against the recorded size before it is kept."""
+    is missing or of another size; each copy is checked against the recorded size before it is kept. Returns the
+    files fetched now."""
+    fetched = []
     for record in map(Path, records):
         written = json.loads(record.read_text())
         url = written.get("bulk")
@@ -92,6 +94,8 @@ def fetch(records: list, wanted: tuple[str, ...] = EVERYTHING) -> None:
                 partial.unlink()
                 raise ClipflowError(f"{url}/{name}: {got} bytes, {size} were written; rerun the workflow")
             os.replace(partial, local)
+            fetched.append(local)
+    return fetched
 
 
 def stored_files(url: str, prefix: str) -> dict[str, int]:

@@ -6,7 +6,8 @@ from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
     options = snakemake.config["embed"]
-    fetch(snakemake.input.batches)  # the chunk's shards, where they are kept on bulk storage
+    # The chunk's shards, where they are kept on bulk storage; the copies go once the chunk is embedded.
+    fetched = fetch(snakemake.input.batches, tuple(f"{Path(tar).stem}*" for tar in snakemake.params.tars))
     embed_chunk(
         snakemake.params.tars,
         snakemake.input.manifest,
@@ -19,3 +20,5 @@ with redirect_to_log(snakemake.log[0]):
         workers=min(options["workers"], snakemake.threads),
     )
     publish(snakemake.output.record, snakemake.config["storage"]["bulk"])
+    for path in fetched:
+        path.unlink()

@@ -48,8 +48,8 @@ def download_batch(
     another selection is downloaded again. A shard that fails does not stop the others; the batch fails at the
     end, naming it, and a rerun downloads only what is still missing.
 
-    With `bulk` (storage.bulk) each shard is uploaded to the shards' folder there as soon as it is finished, and a
-    shard already complete there (its stats file with this digest, its tar of the recorded size) is kept without
+    With `bulk` (storage.bulk) each shard is uploaded to the shards' folder there as soon as it is finished (and
+    its local copy removed), and a shard already complete there (its stats file with this digest, its tar of the recorded size) is kept without
     being fetched; the record names the folder's URL.
     """
     failed, downloaded, sizes = {}, [], {}
@@ -73,9 +73,10 @@ def download_batch(
                 download_shard(plan_shard, output_folder, options, kept_columns, threads, digest, left_out, place)
                 downloaded.append(shard)
             written = shards.shard_files(output_folder, shard)
-            if url:  # in SUFFIXES order: the stats file last
-                upload(output_folder, url, [path.name for path in written])
             sizes.update(files.sizes(written, relative_to=output_folder))
+            if url:  # in SUFFIXES order: the stats file last; the local copy goes, so a job holds one shard
+                upload(output_folder, url, [path.name for path in written])
+                shards.remove_shard(output_folder, shard)
         except Exception as error:  # whatever broke this shard, the rest of the batch goes on
             log.exception("shard %s failed", shard)
             failed[shard] = f"{type(error).__name__}: {error}"

@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO
 
 TINY = {
+    "bulk_dry_run.py": ["--shards", "8", "--shards-per-job", "4", "8"],
     "dag_scale.py": ["--shards", "4"],
     "download_overhead.py": ["--shards", "1", "--per-shard", "20", "--images", "5", "--threads", "2", "--repeats", "1"],
     "embed_throughput.py": ["--samples", "16", "--shards", "2", "--workers", "1", "--batch-size", "8"]

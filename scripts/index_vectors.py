@@ -7,9 +7,8 @@ from clipflow.logs import redirect_to_log
 
 with redirect_to_log(snakemake.log[0]):
     manifest = Path(snakemake.output.manifest)
-    folder, shards = listed_shards(
-        snakemake.input.chunks, (f"{snakemake.wildcards.modality}/*",)
-    )  # the embeddings folder, the pool's shards
+    # The embeddings folder (with this modality's files, where they are on bulk storage), the pool's shards.
+    folder, shards = listed_shards(snakemake.input.chunks, (f"{snakemake.wildcards.modality}/*",))
     embeddings = embedding_files(folder, shards, snakemake.wildcards.modality)
     rows = write_manifest(embeddings, manifest.parent, manifest)
     print(f"{rows} vectors in {len(embeddings)} files")

@@ -7,10 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clipflow.shards import SUFFIXES
-from conftest import free_port, moto_s3, planned_jobs, run_snakemake, small_run_config, write_config
+from conftest import (
+    free_port,
+    moto_s3,
+    planned_jobs,
+    precomputed_config,
+    run_snakemake,
+    small_run_config,
+    write_config,
+    write_precomputed_input,
+)
 
 BUCKET = "clipflow-bulk"
 BULK = f"s3://{BUCKET}/run"
@@ -156,3 +166,17 @@ def test_verify_checks_the_objects_by_sha256_and_removes_what_is_damaged(bulk_ru
     assert not (embeddings / "info/00000000.json").exists()
     jobs = planned_jobs(run_snakemake(workdir, "-n").stdout)
     assert "download_batch[00000000]" in jobs and "embed_chunk[00000000]" in jobs
+
+
+def test_precomputed_embeddings_are_uploaded_before_their_records_name_the_storage(bulk_run, tmp_path):
+    _, fs = bulk_run
+    vectors = np.random.default_rng(3).normal(size=(1000, 32)).astype(np.float32)
+    write_precomputed_input(tmp_path, "part-0", 0, vectors)
+    write_config(tmp_path, {**precomputed_config(), "storage": {"bulk": f"{BULK}-precomputed"}})
+    run_snakemake(tmp_path, "--cores", "2", "results/index/image.index", "results/index/metadata.arrow")
+    objects = {path.rpartition("/run-precomputed/")[2] for path in fs.find(f"{BUCKET}/run-precomputed")}
+    assert objects == {f"embeddings/{kind.format(f'{shard:08d}')}" for shard in range(4) for kind in KINDS}
+    for chunk in ("00000000", "00000002"):
+        assert json.loads((tmp_path / f"results/embeddings/info/{chunk}.json").read_text())["bulk"] == (
+            f"{BULK}-precomputed/embeddings"
+        )

@@ -183,3 +183,4 @@ def verify_stored_shards(
                 for suffix in reversed(SUFFIXES):
                     storage.remove(f"{url}/{shard}{suffix}")
     return damaged, len(complete)
+

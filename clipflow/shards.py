@@ -233,6 +233,45 @@ class ShardReader:
         return self.sample(shard, key, ("jpg",)).get("jpg")
 
 
+class StoredShardReader(ShardReader):
+    """A ShardReader over a shards folder on object storage (`clipflow serve`'s `/images` where `shards` is a URL):
+    each tar a sample is asked of is copied once into the local cache beside its stats file, checked against the
+    size and sha256 that the stats file records; shards never asked of are never fetched."""
+
+    def __init__(self, url: str):
+        import hashlib
+
+        from clipflow import storage
+
+        self.url = url.rstrip("/")
+        folder = storage.cache_root() / "shards" / hashlib.sha256(self.url.encode()).hexdigest()[:24]
+        folder.mkdir(parents=True, exist_ok=True)
+        super().__init__(folder)
+
+    def _list_members(self, shard: str) -> dict:
+        if shard not in self.members:
+            self._copy(shard)
+        return super()._list_members(shard)
+
+    def _copy(self, shard: str) -> None:
+        from clipflow import storage
+
+        fs, root = storage.filesystem(self.url)
+        try:
+            stats = fs.cat_file(f"{root.rstrip('/')}/{shard}_stats.json")
+        except FileNotFoundError:
+            return  # no such shard here: it has no samples
+        recorded = json.loads(stats).get("clipflow_tar")
+        if recorded is None:
+            raise DamagedShard(f"{self.url}/{shard}_stats.json: no integrity record; a rerun of the workflow writes it")
+        url = f"{self.url}/{shard}.tar"
+        tar = tar_path(self.folder, shard)
+        storage.cached_copy(
+            fs, f"{root.rstrip('/')}/{shard}.tar", tar, recorded["bytes"], recorded["sha256"], url, "shard"
+        )
+        files.write_bytes(stats_path(self.folder, shard), stats)
+
+
 def write_shard(folder: Path | str, shard: str, samples, rows, stats: dict) -> None:
     """Write a complete shard: `samples` ({"__key__": ..., "jpg": ..., ...}) into the tar, `rows` (a pandas
     frame) into the parquet, then `stats` (with start and end times added) into the stats file."""

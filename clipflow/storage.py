@@ -73,8 +73,9 @@ def _streamed_sha256(fs, path: str, copy=None) -> str:
     return digest.hexdigest()
 
 
-def _cached_copy(fs, source: str, target: Path, size: int, sha256: str, url: str) -> None:
-    """`source` at `target` unless an earlier copy there has the recorded sha256; checked before it is kept."""
+def cached_copy(fs, source: str, target: Path, size: int, sha256: str, url: str, what: str = "index") -> None:
+    """`source` at `target` unless an earlier copy there has the recorded sha256; checked before it is kept (a
+    damaged one is refused as a damaged `what`, by its `url`)."""
     stamp = target.with_name(target.name + ".sha256")
     if target.exists() and target.stat().st_size == size and stamp.exists() and stamp.read_text() == sha256:
         return
@@ -84,8 +85,8 @@ def _cached_copy(fs, source: str, target: Path, size: int, sha256: str, url: str
     got = partial.stat().st_size
     if got != size or digest != sha256:
         partial.unlink()
-        what = f"{got} bytes, {size} were written" if got != size else "its sha256 is not the one written"
-        raise ClipflowError(f"damaged index: {url}: {what}; the next workflow run builds it again")
+        problem = f"{got} bytes, {size} were written" if got != size else "its sha256 is not the one written"
+        raise ClipflowError(f"damaged {what}: {url}: {problem}; the next workflow run writes it again")
     os.replace(partial, target)
     files.write_text(stamp, sha256)
 
@@ -115,7 +116,7 @@ def local_index_folder(url: str) -> Path:
         if damage:
             raise ClipflowError(f"damaged index: {'; '.join(damage)}; the next workflow run builds it again")
         for name, size in written["file_sizes"].items():
-            _cached_copy(fs, f"{root}/{name}", target / name, size, written["file_sha256"][name], f"{url}/{name}")
+            cached_copy(fs, f"{root}/{name}", target / name, size, written["file_sha256"][name], f"{url}/{name}")
     return target
 
 

@@ -15,7 +15,7 @@ from clipflow.index.vectors import RERANK_FACTOR
 from clipflow.serve.batcher import MicroBatcher
 from clipflow.serve.encoders import Encoder, ImageDecoder
 from clipflow.serve.limits import Limits
-from clipflow.shards import ShardReader
+from clipflow.shards import ShardReader, StoredShardReader
 
 DEDUPLICATE_COSINE = 0.94  # clip-retrieval's threshold for near-duplicate results
 
@@ -106,7 +106,7 @@ def load_indices(indices_json: Path | str, limits: Limits) -> dict[str, ServedIn
             name,
             index,
             encoders[manifest],
-            ShardReader(path.parent / entry["shards"]) if entry.get("shards") else None,
+            _shard_reader(path.parent, entry.get("shards")),
             (
                 _rating_embeddings(path.parent / entry["aesthetic_embeddings"], dim)
                 if entry.get("aesthetic_embeddings")
@@ -153,3 +153,10 @@ def distinct(index: ClipIndex, modality: str, ids: np.ndarray) -> np.ndarray:
         kept.append(position)
         dropped |= similar[position]
     return np.array(kept, dtype=np.int64)
+
+
+def _shard_reader(folder: Path, shards: str | None) -> ShardReader | None:
+    """The reader of an index's shards: a folder relative to indices.json, or a URL on object storage."""
+    if not shards:
+        return None
+    return StoredShardReader(shards) if storage.is_url(shards) else ShardReader(folder / shards)

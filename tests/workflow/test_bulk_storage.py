@@ -2,14 +2,18 @@
 shards and embeddings there, reruns nothing, works with the local copies gone, finds a deleted or cut object and
 redoes its jobs, and a batch cut short resumes without fetching or downloading its finished shards again."""
 
+import io
 import json
+import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from clipflow.index.folder import ClipIndex
 from clipflow.shards import SUFFIXES
 from conftest import (
     free_port,
@@ -21,6 +25,7 @@ from conftest import (
     write_config,
     write_precomputed_input,
 )
+from served import Server
 
 BUCKET = "clipflow-bulk"
 BULK = f"s3://{BUCKET}/run"
@@ -75,6 +80,20 @@ def test_the_run_keeps_shards_and_embeddings_on_s3_reruns_nothing_and_needs_no_l
     # The index uploaded beside the bulk folders: a search re-ranks with the embeddings there, by range.
     fs.put(str(workdir / "results/index"), f"{BUCKET}/run/index", recursive=True)
     assert query(f"{BULK}/index").stdout == query(str(workdir / "results/index")).stdout
+    # The service reads the images it serves out of the shards there, fetching only the shard asked of.
+    indices = workdir / "indices.json"
+    indices.write_text(json.dumps({"bulk": {"index": f"{BULK}/index", "shards": f"{BULK}/shards"}}))
+    server = Server(indices)
+    try:
+        status, image = server.request("/images/bulk/3.jpg")
+        assert server.request("/images/bulk/99999.jpg")[0] == 404
+    finally:
+        server.stop()
+    row = ClipIndex(workdir / "results/index").metadata.slice(3, 1).to_pylist()[0]
+    with tarfile.open(fileobj=io.BytesIO(fs.cat(f"{BUCKET}/run/shards/{row['shard']}.tar"))) as tar:
+        assert status == 200 and image == tar.extractfile(f"{row['key']}.jpg").read()
+    cached = [path.name for path in Path(os.environ["CLIPFLOW_CACHE"], "shards").rglob("*.tar")]
+    assert cached == [f"{row['shard']}.tar"]
     objects = stored(fs)
 
     summary = (workdir / "results/summary/download.json").read_text()

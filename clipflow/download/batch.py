@@ -49,8 +49,8 @@ def download_batch(
     end, naming it, and a rerun downloads only what is still missing.
 
     With `bulk` (storage.bulk) each shard is uploaded to the shards' folder there as soon as it is finished (and
-    its local copy removed), and a shard already complete there (its stats file with this digest, its tar of the recorded size) is kept without
-    being fetched; the record names the folder's URL.
+    its local copy removed), and a shard already complete there (its stats file with this digest, its tar of the
+    recorded size) is kept without being fetched; the record names the folder's URL.
     """
     failed, downloaded, sizes = {}, [], {}
     filtered = filtered or {}

@@ -35,7 +35,8 @@ def assert_no_broken_images(page, path):
     """Every image on the page loaded, and the screenshot shows a picture (the test images are noise
     textures) wherever an image is, and the plain 'image unavailable' note elsewhere."""
     page.wait_for_load_state("networkidle")
-    assert page.evaluate("[...document.images].filter((i) => !i.complete || i.naturalWidth === 0).length") == 0
+    page.wait_for_function("[...document.images].every((i) => i.complete)")  # decoded, on a loaded machine too
+    assert page.evaluate("[...document.images].filter((i) => i.naturalWidth === 0).length") == 0
     page.screenshot(path=path, full_page=True)
     shot = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
     pictures = page.locator(".result .picture")

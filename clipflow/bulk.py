@@ -14,11 +14,13 @@ Credentials come from where the backend looks for them (clipflow.storage).
 """
 
 import fnmatch
+import hashlib
 import json
 import os
+import tarfile
 from pathlib import Path
 
-from clipflow import storage
+from clipflow import files, storage
 from clipflow.errors import ClipflowError
 
 EVERYTHING = ("*",)
@@ -53,8 +55,6 @@ def publish(record: Path | str, bulk: str | None) -> None:
     their folder's URL in the record; the record is rewritten only once they are all uploaded."""
     if not bulk:
         return
-    from clipflow import files
-
     record = Path(record)
     folder = record.parent.parent
     written = json.loads(record.read_text())
@@ -120,8 +120,6 @@ class _Hashing:
     """A file object's reads, hashed as they pass (tarfile reads a stream through it)."""
 
     def __init__(self, stream):
-        import hashlib
-
         self.stream, self.digest, self.bytes = stream, hashlib.sha256(), 0
 
     def read(self, size=-1) -> bytes:
@@ -134,8 +132,6 @@ class _Hashing:
 def stored_tar_damage(url: str, shard: str, recorded: dict) -> str | None:
     """Why a shard's tar on the storage is not the one recorded in its stats file (clipflow_tar), or None: its
     sha256 and sample count from one streamed read, as clipflow.shards.damage(deep=True) checks a local one."""
-    import tarfile
-
     fs, root = storage.filesystem(url)
     with fs.open(f"{root.rstrip('/')}/{shard}.tar", "rb") as remote:
         stream = _Hashing(remote)
@@ -160,7 +156,7 @@ def verify_stored_shards(
     already), as clipflow.shards.verify_folder checks a local one: ({shard: why} for the damaged ones, shards
     checked). With `remove`, a damaged shard's objects are removed (its stats file first), so that the next run
     downloads it again."""
-    from clipflow.shards import SUFFIXES
+    from clipflow.shards import SUFFIXES  # (that module reads records through this one)
 
     present = storage.listing(url) if present is None else present
     complete = sorted(
@@ -183,4 +179,3 @@ def verify_stored_shards(
                 for suffix in reversed(SUFFIXES):
                     storage.remove(f"{url}/{shard}{suffix}")
     return damaged, len(complete)
-

@@ -23,7 +23,7 @@ import yaml
 
 from clipflow.embed import SHARD_FILES
 from clipflow.shards import SUFFIXES
-from dag_scale import REPO, write_metadata
+from dag_scale import REPO, synthetic_config, write_metadata
 from object_storage import moto_server
 
 BUCKET = "bench-bulk"
@@ -80,14 +80,7 @@ def measure(shards: int, rows_per_shard: int, per_job: tuple[int, int], folder: 
         workdir.mkdir()
         os.link(folder / "metadata.parquet", workdir / "metadata.parquet")
         bulk = f"s3://{BUCKET}/{shards}" if mode == "s3" else None
-        config = {
-            "input": {"paths": ["metadata.parquet"]},
-            "demo": {"enabled": False},
-            "plan": {"samples_per_shard": rows_per_shard},
-            "download": {"shards_per_job": per_job[0]},
-            "embed": {"shards_per_job": per_job[1]},
-            "storage": {"bulk": bulk},
-        }
+        config = {**synthetic_config(rows_per_shard, per_job), "storage": {"bulk": bulk}}
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
         plan = [sys.executable, "-m", "clipflow.cli", "plan", "--config", "config.yaml"]
         subprocess.run(plan, cwd=workdir, check=True, capture_output=True)

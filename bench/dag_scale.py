@@ -46,16 +46,21 @@ def run_measured(command: list[str], cwd: Path) -> tuple[float, float, str]:
     return seconds, usage.ru_maxrss / 1024, text
 
 
-def measure(shards: int, rows_per_shard: int, per_job: tuple[int, int], folder: Path) -> dict:
-    write_metadata(folder / "metadata.parquet", shards * rows_per_shard)
-    config = {
+def synthetic_config(rows_per_shard: int, per_job: tuple[int, int]) -> dict:
+    """The workflow's config for metadata.parquet: shards of `rows_per_shard` rows, download and embed jobs of
+    `per_job` shards."""
+    return {
         "input": {"paths": ["metadata.parquet"]},
         "demo": {"enabled": False},
         "plan": {"samples_per_shard": rows_per_shard},
         "download": {"shards_per_job": per_job[0]},
         "embed": {"shards_per_job": per_job[1]},
     }
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def measure(shards: int, rows_per_shard: int, per_job: tuple[int, int], folder: Path) -> dict:
+    write_metadata(folder / "metadata.parquet", shards * rows_per_shard)
+    (folder / "config.yaml").write_text(yaml.safe_dump(synthetic_config(rows_per_shard, per_job)))
     plan_s, _, _ = run_measured([sys.executable, "-m", "clipflow.cli", "plan", "--config", "config.yaml"], folder)
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml"]
     dry_run_s, peak_rss_mb, output = run_measured([*command, "--dry-run", "--cores", "1", "--quiet", "rules"], folder)

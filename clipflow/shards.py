@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from clipflow import files
+from clipflow import files, storage
 from clipflow.bulk import EVERYTHING, fetch
 from clipflow.errors import ClipflowError
 
@@ -239,14 +239,8 @@ class StoredShardReader(ShardReader):
     size and sha256 that the stats file records; shards never asked of are never fetched."""
 
     def __init__(self, url: str):
-        import hashlib
-
-        from clipflow import storage
-
         self.url = url.rstrip("/")
-        folder = storage.cache_root() / "shards" / hashlib.sha256(self.url.encode()).hexdigest()[:24]
-        folder.mkdir(parents=True, exist_ok=True)
-        super().__init__(folder)
+        super().__init__(storage.cache_folder("shards", self.url))
 
     def _list_members(self, shard: str) -> dict:
         if shard not in self.members:
@@ -254,8 +248,6 @@ class StoredShardReader(ShardReader):
         return super()._list_members(shard)
 
     def _copy(self, shard: str) -> None:
-        from clipflow import storage
-
         fs, root = storage.filesystem(self.url)
         try:
             stats = fs.cat_file(f"{root.rstrip('/')}/{shard}_stats.json")

@@ -50,6 +50,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipflow"
 
 
+def cache_folder(kind: str, url: str) -> Path:
+    """The local cache's folder for the copies of `kind` ("index", "shards") made from the folder at `url`."""
+    folder = cache_root() / kind / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:24]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def listing(url: str) -> dict[str, int]:
     """Every file under a URL with its size, by its path relative to it: one recursive listing (a LIST request per
     1,000 objects on S3), never a request per file."""
@@ -95,8 +102,7 @@ def local_index_folder(url: str) -> Path:
     """A local copy of the index folder at `url` in the cache, checked against its records, for ClipIndex."""
     fs, root = filesystem(url)
     root = root.rstrip("/")
-    target = cache_root() / "index" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:24]
-    target.mkdir(parents=True, exist_ok=True)
+    target = cache_folder("index", url)
     from clipflow.index.folder import RECORDED, infos_path  # (that module reads URLs through this one)
 
     records = [infos_path(".", name).name for name in RECORDED]

@@ -5,10 +5,11 @@ The jobs' records (results/shards/batches/, results/embeddings/info/) stay where
 folder their files were uploaded to (`bulk`) beside their sizes and sha256s. A job writes its files locally, as it
 does without bulk storage, and uploads them: a shard's files as soon as it is finished (its stats file last, so a
 shard on the storage is complete when its stats file is there), an embedding job's files before its record. A job
-that reads them fetches the files its input records list, and only those it reads, into the local folders under
-results/: a cache that is checked against the recorded sizes, reused while it matches, and may be deleted at any
-time. The start of a run checks every record against one listing of each bulk folder (a LIST request per 1,000
-objects on S3), never a request per file.
+reads a file where its local copy under results/ is of the recorded size (on one machine, or a shared folder, that
+is the file written), and otherwise through a Cache: fetched on first use into a folder of the job's own, bounded by
+`storage.cache_gb`, removed when the job ends, so that no job holds the pool on its disk. The start of a run checks
+every record against one listing of each bulk folder (a LIST request per 1,000 objects on S3), never a request per
+file.
 
 Credentials come from where the backend looks for them (clipflow.storage).
 """
@@ -16,14 +17,21 @@ Credentials come from where the backend looks for them (clipflow.storage).
 import fnmatch
 import hashlib
 import json
+import logging
 import os
+import shutil
 import tarfile
+import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 from clipflow import files, storage
 from clipflow.errors import ClipflowError
 
+log = logging.getLogger(__name__)
+
 EVERYTHING = ("*",)
+RECENT_COPIES = 4  # a Cache keeps this many copies whatever their size: the files of one shard a reader opens together
 
 
 def folder_url(bulk: str, local_folder: Path | str) -> str:
@@ -67,35 +75,125 @@ def fetch(records: list, wanted: tuple[str, ...] = EVERYTHING) -> list[Path]:
     """Bring the files that job records list (those matching a `wanted` pattern, such as "*.parquet" or
     "image/*") into the local folder the records describe, where a record names a bulk folder and the local copy
     is missing or of another size; each copy is checked against the recorded size before it is kept. Returns the
-    files fetched now."""
+    files fetched now. For the files of a few shards that a job reads whole (a chunk's tars); a job reading
+    files of the whole pool reads them through a Cache."""
     fetched = []
+    for name, local, url, size in _stored(records):
+        if any(fnmatch.fnmatch(name, pattern) for pattern in wanted) and not _is_copy(local, size):
+            _copy(url, size, local)
+            fetched.append(local)
+    return fetched
+
+
+def _stored(records: list):
+    """(name, local path, URL, recorded size) of every file that job records list where a record names a bulk
+    folder; the name is relative to the local folder (image/00000000.npy)."""
     for record in map(Path, records):
         written = json.loads(record.read_text())
         url = written.get("bulk")
-        if not url:
-            continue
-        folder = record.parent.parent
-        fs, root = storage.filesystem(url)
-        for name, size in written["file_sizes"].items():
-            local = folder / name
-            if not any(fnmatch.fnmatch(name, pattern) for pattern in wanted):
-                continue
-            if local.exists() and local.stat().st_size == size:
-                continue
-            local.parent.mkdir(parents=True, exist_ok=True)
-            partial = local.with_name(f"{local.name}.{os.getpid()}.partial")  # jobs on one machine share the cache
-            try:
-                fs.get_file(f"{root.rstrip('/')}/{name}", str(partial))
-            except OSError as error:
-                partial.unlink(missing_ok=True)
-                raise ClipflowError(f"{url}/{name}: cannot fetch it ({error}); rerun the workflow") from None
-            if partial.stat().st_size != size:
-                got = partial.stat().st_size
-                partial.unlink()
-                raise ClipflowError(f"{url}/{name}: {got} bytes, {size} were written; rerun the workflow")
-            os.replace(partial, local)
-            fetched.append(local)
-    return fetched
+        if url:
+            for name, size in written["file_sizes"].items():
+                yield name, record.parent.parent / name, f"{url.rstrip('/')}/{name}", size
+
+
+def _is_copy(local: Path, size: int) -> bool:
+    return local.exists() and local.stat().st_size == size
+
+
+def _copy(url: str, size: int, local: Path) -> None:
+    """`url` copied to `local` (through a partial file: jobs on one machine may share a folder), refused unless it
+    is of the recorded size."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    partial = local.with_name(f"{local.name}.{os.getpid()}.partial")
+    fs, path = storage.filesystem(url)
+    try:
+        fs.get_file(path, str(partial))
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise ClipflowError(f"{url}: cannot fetch it ({error}); rerun the workflow") from None
+    if partial.stat().st_size != size:
+        got = partial.stat().st_size
+        partial.unlink()
+        raise ClipflowError(f"{url}: {got} bytes, {size} were written; rerun the workflow")
+    os.replace(partial, local)
+
+
+def job_cache(records: list, config: dict) -> "Cache":
+    """The Cache of `storage.cache_gb` that a job reads the bulk files of `records` through."""
+    stored = {local: (url, size) for _, local, url, size in _stored(records)}
+    return Cache(stored, int(config["storage"]["cache_gb"] * 2**30))
+
+
+class Cache:
+    """The bulk files that job records list, as a job that reads files of the whole pool sees them: `local(path)`
+    gives the path of a local copy. A file whose copy is in its local folder (of the recorded size) is read there;
+    any other is fetched on first use into a folder of the job's own (under $TMPDIR, node-local scratch on most
+    clusters), which holds at most `budget_bytes` of copies: the least recently used go to make room for the next
+    (or the last RECENT_COPIES, where they are larger). A memory map of a copy that went stays valid until it closes,
+    and so does its disk space: readers drop their maps of the copies the cache no longer `holds`. The folder goes
+    when the job ends. Paths that `stored` (local path: (URL, recorded size)) lacks are their own copies."""
+
+    def __init__(self, stored: dict[Path, tuple[str, int]], budget_bytes: int):
+        self.stored = stored
+        self.budget = budget_bytes
+        self.copies: OrderedDict[Path, tuple[Path, int]] = OrderedDict()  # least recently used first
+        self.held = self.peak = self.fetched = self.files = 0  # bytes held now and at most, fetched in all; files
+        self.folder: Path | None = None
+
+    def url(self, path: Path | str) -> str | None:
+        """Where a file is kept when no local copy of it is in its local folder; None for a local file."""
+        path = Path(path)
+        if path not in self.stored or _is_copy(path, self.stored[path][1]):
+            return None
+        return self.stored[path][0]
+
+    def holds(self, path: Path | str) -> bool:
+        """Whether `local(path)` gives a copy without fetching it."""
+        return self.url(path) is None or Path(path) in self.copies
+
+    def part(self, paths: list[Path]) -> "Cache":
+        """A Cache of the same budget, empty, for `paths` alone: what a worker process is given for its task."""
+        return Cache({path: self.stored[path] for path in map(Path, paths) if path in self.stored}, self.budget)
+
+    def local(self, path: Path | str) -> Path:
+        path = Path(path)
+        if self.url(path) is None:
+            return path
+        if path in self.copies:
+            self.copies.move_to_end(path)
+            return self.copies[path][0]
+        url, size = self.stored[path]
+        while len(self.copies) >= RECENT_COPIES and self.held + size > self.budget:
+            copy, copied = self.copies.popitem(last=False)[1]
+            copy.unlink()
+            self.held -= copied
+        if self.folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix="clipflow-cache-"))
+        copy = self.folder / f"{self.fetched}-{path.name}"  # unique: names repeat across kinds (image/, text/)
+        _copy(url, size, copy)
+        self.copies[path] = (copy, size)
+        self.held += size
+        self.peak = max(self.peak, self.held)
+        self.fetched += size
+        self.files += 1
+        return copy
+
+    def close(self) -> None:
+        if self.folder is not None:
+            log.info(
+                "fetched %d files (%d bytes) from bulk storage through a cache of %d bytes; it held %d at most",
+                self.files, self.fetched, self.budget, self.peak,
+            )  # fmt: skip
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+        self.copies.clear()
+        self.held = 0
+
+    def __enter__(self) -> "Cache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def stored_files(url: str, prefix: str) -> dict[str, int]:

@@ -27,6 +27,7 @@ SIZING = {
     "curate.near_duplicates": ("mem_mb",),
     "train": ("gpus", "nodes", "workers", "mem_mb", "runtime"),
     "evaluate": ("batch_size", "mem_mb"),
+    "storage": ("cache_gb",),
 }
 # Settings that group shards into jobs: changing one regroups those jobs, which then run again.
 GROUPING = {

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from clipflow import files, storage
-from clipflow.bulk import EVERYTHING, fetch
+from clipflow.bulk import Cache
 from clipflow.errors import ClipflowError
 
 SHARD_DIGITS = 8
@@ -65,30 +65,20 @@ def listed(listing: Path | str) -> list[str]:
     return json.loads(Path(listing).read_text())["records"]
 
 
-def listed_folder(listing: Path | str, fetched: tuple[str, ...] = EVERYTHING) -> Path:
-    """The folder the listed records describe: the shards folder (records in its batches/) or the embeddings
-    folder (records in its info/), with the recorded files that match a `fetched` pattern ("*.parquet",
-    "image/*") brought there from bulk storage where the records name it (clipflow.bulk)."""
-    records = listed(listing)
-    fetch(records, fetched)
-    return records_folder(records)
-
-
 def records_folder(records: list) -> Path:
+    """The folder that job records (in its batches/ or info/) describe."""
     return Path(records[0]).parent.parent
 
 
-def listed_shards(listing: Path | str, fetched: tuple[str, ...] = EVERYTHING) -> tuple[Path, list[str]]:
-    """The folder the listed records describe (its `fetched` files there, as listed_folder brings them) and
-    every shard they name, in the pool's order."""
-    return recorded_shards(listed(listing), fetched)
+def listed_shards(listing: Path | str) -> tuple[Path, list[str]]:
+    """The folder the listed records describe and every shard they name, in the pool's order."""
+    return recorded_shards(listed(listing))
 
 
-def recorded_shards(records: list, fetched: tuple[str, ...] = EVERYTHING) -> tuple[Path, list[str]]:
-    """The folder that job records (in its batches/ or info/) describe (its `fetched` files there, as
-    listed_folder brings them) and every shard they name, in order."""
+def recorded_shards(records: list) -> tuple[Path, list[str]]:
+    """The folder that job records describe and every shard they name, in order. Their files on bulk storage
+    are read through a clipflow.bulk.Cache."""
     shards = [shard for record in records for shard in json.loads(Path(record).read_text())["shards"]]
-    fetch(records, fetched)
     return records_folder(records), shards
 
 
@@ -187,10 +177,12 @@ def sample_row(sample: dict, kept_columns=()) -> dict:
 
 
 class ShardReader:
-    """Reads samples straight out of the tars of a shard folder, each tar's member offsets read once."""
+    """Reads samples straight out of the tars of a shard folder, each tar's member offsets read once; tars on bulk
+    storage through `cache` (each copy checked against its recorded size as it is fetched)."""
 
-    def __init__(self, folder: Path | str):
+    def __init__(self, folder: Path | str, cache: Cache | None = None):
         self.folder = Path(folder)
+        self.cache = cache
         self.members: dict[str, dict[str, dict[str, tuple[int, int]]]] = {}  # shard -> key -> ext -> place
         self.listing = threading.Lock()  # concurrent first reads of a tar list it once; the others wait for it
 
@@ -200,15 +192,20 @@ class ShardReader:
         with self.listing:
             return self._list_members(shard)
 
+    def _tar(self, shard: str) -> Path:
+        path = tar_path(self.folder, shard)
+        return self.cache.local(path) if self.cache else path
+
     def _list_members(self, shard: str) -> dict:
         if shard not in self.members:
             import tarfile
 
-            path = tar_path(self.folder, shard)
+            stored = self.cache is not None and self.cache.url(tar_path(self.folder, shard)) is not None
             members = {}
-            if path.exists():
-                check_intact(self.folder, shard)
-                with tarfile.open(path) as tar:
+            if stored or tar_path(self.folder, shard).exists():
+                if not stored:
+                    check_intact(self.folder, shard)
+                with tarfile.open(self._tar(shard)) as tar:
                     for member in tar.getmembers():
                         key, _, ext = member.name.partition(".")
                         members.setdefault(key, {})[ext] = (member.offset_data, member.size)
@@ -222,7 +219,7 @@ class ShardReader:
         wanted = [(ext, place) for ext, place in places.items() if exts is None or ext in exts]
         sample = {}
         if wanted:
-            with open(tar_path(self.folder, shard), "rb") as f:
+            with open(self._tar(shard), "rb") as f:
                 for ext, (offset, size) in wanted:
                     f.seek(offset)
                     sample[ext] = f.read(size)

@@ -6,7 +6,8 @@ from clipflow.curate.plots import plot_examples, plot_filter_effects, plot_score
 from clipflow.curate.subset import examples, write_subset
 from clipflow.evaluate.holdout import HELD_OUT
 from clipflow.logs import redirect_to_log
-from clipflow.shards import ShardReader, listed_folder
+from clipflow.bulk import job_cache
+from clipflow.shards import ShardReader, listed, records_folder
 
 with redirect_to_log(snakemake.log[0]):
     names = snakemake.params.filters
@@ -23,6 +24,7 @@ with redirect_to_log(snakemake.log[0]):
     plot_filter_effects(summary, output.effects)
     plot_score_cut(histogram, thresholds, output.score_cut)
     # shards sit beside batches/; a subset chosen before the download (embed.precomputed) has no images yet
-    batches = snakemake.input.get("batches")  # the downloads' listing
-    reader = ShardReader(listed_folder(batches, ("*.tar", "*_stats.json"))) if batches else None
-    plot_examples(examples(snakemake.input.pool, tables, kept_by_group, reader), output.examples)
+    batches = listed(snakemake.input.batches) if "batches" in snakemake.input.keys() else []  # the downloads
+    with job_cache(batches, snakemake.config) as cache:
+        reader = ShardReader(records_folder(batches), cache) if batches else None
+        plot_examples(examples(snakemake.input.pool, tables, kept_by_group, reader), output.examples)

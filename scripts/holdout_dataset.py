@@ -6,7 +6,8 @@ from clipflow import files
 from clipflow.errors import ClipflowError
 from clipflow.evaluate.holdout import slice_samples, write_retrieval_dataset
 from clipflow.logs import redirect_to_log
-from clipflow.shards import ShardReader, listed_folder
+from clipflow.bulk import job_cache
+from clipflow.shards import ShardReader, listed, records_folder
 
 BATCH = 1_000_000
 
@@ -20,8 +21,11 @@ def held_batches():
 
 
 with redirect_to_log(snakemake.log[0]):
-    reader = ShardReader(listed_folder(snakemake.input.batches, ("*.tar", "*_stats.json")))
-    samples, held = slice_samples(held_batches, reader, snakemake.params.max_samples)
+    batches = listed(snakemake.input.batches)
+    with job_cache(batches, snakemake.config) as cache:
+        samples, held = slice_samples(
+            held_batches, ShardReader(records_folder(batches), cache), snakemake.params.max_samples
+        )
     print(f"{held} rows held out, {len(samples)} with an image in the evaluation's slice")
     if len(samples) < 2:
         raise ClipflowError(

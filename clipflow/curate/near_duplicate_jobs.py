@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from clipflow import files
+from clipflow.bulk import Cache
 from clipflow.curate.near_duplicates import (
     GreedyPass,
     assign,
@@ -29,16 +30,16 @@ from clipflow.curate.near_duplicates import (
     training_sample,
 )
 from clipflow.embed import embedding_files
-from clipflow.index.vectors import StoredVectors, row_counts
+from clipflow.index.vectors import StoredVectors
 
 RANGE_ROWS = 2**22  # rows the greedy pass takes at once
 
 
-def write_centroids(folder: Path | str, shards: list[str], options: dict, centroids: Path, layout: Path) -> None:
-    """The k-means centroids of the pool's `options["modality"]` embeddings, and the pool's layout: its rows,
-    its clusters and where each shard starts."""
-    paths = embedding_files(folder, shards, options["modality"])
-    stored = StoredVectors(paths, row_counts(paths))
+def write_centroids(folder: Path | str, shards: list[str], options: dict, centroids: Path, layout: Path,
+                    cache: Cache | None = None) -> None:  # fmt: skip
+    """The k-means centroids of the pool's `options["modality"]` embeddings (those on bulk storage read through
+    `cache`), and the pool's layout: its rows, its clusters and where each shard starts."""
+    stored = StoredVectors.of(embedding_files(folder, shards, options["modality"]), cache)
     rows = len(stored)
     clusters = cluster_count(rows, options["rows_per_cluster"], options["max_clusters"])
     sample = stored.take(training_sample(rows, clusters, options["seed"]))
@@ -52,25 +53,27 @@ def read_layout(path: Path | str) -> dict:
 
 
 def write_assignment(folder: Path | str, shards: list[str], modality: str, layout: dict, centroids: np.ndarray,
-                     out: dict) -> None:  # fmt: skip
+                     out: dict, cache: Cache | None = None) -> None:  # fmt: skip
     """One chunk's rows by cluster: `out["vectors"]` (each row once per cluster it joins), `out["rows"]`
-    (their pool rows) and `out["bounds"]` (where each cluster starts, clusters + 1 values)."""
+    (their pool rows) and `out["bounds"]` (where each cluster starts, clusters + 1 values). Its embeddings on bulk
+    storage are read through `cache`."""
     start_of = dict(zip(layout["shards"], layout["starts"]))
     paths = embedding_files(folder, shards, modality)
-    assignments = [assign(np.load(path), centroids) for path in paths]
+    local = cache.local if cache else Path  # at each read: a copy may go to make room for the next
+    assignments = [assign(np.load(local(path)), centroids) for path in paths]
     per_row = assignments[0].shape[1]  # a chunk has at least one shard
     clusters = np.concatenate([a.ravel() for a in assignments])
     rows = np.concatenate([np.repeat(np.arange(len(a)) + start_of[s], per_row) for a, s in zip(assignments, shards)])
     order = np.argsort(clusters, kind="stable")  # by cluster, pool order within each
     destination = np.empty_like(order)
     destination[order] = np.arange(len(order))
-    first = np.load(paths[0], mmap_mode="r")
+    first = np.load(local(paths[0]), mmap_mode="r")
     vectors = np.lib.format.open_memmap(out["vectors"], "w+", first.dtype, (len(order), first.shape[1]))
     entry = 0
     for path, assignment in zip(paths, assignments):  # each shard read again: the chunk is never held whole
         entries = assignment.size
         if entries:
-            vectors[destination[entry : entry + entries]] = np.repeat(np.load(path), per_row, axis=0)
+            vectors[destination[entry : entry + entries]] = np.repeat(np.load(local(path)), per_row, axis=0)
         entry += entries
     vectors.flush()
     del vectors

@@ -15,18 +15,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipflow import files
+from clipflow.bulk import Cache
 from clipflow.curate.scores import head_scores, load_heads
 from clipflow.embed.summary import pair_similarities
 from clipflow.errors import ClipflowError
+from clipflow.index.vectors import StoredVectors
 from clipflow.shards import SIZE_COLUMNS, plan_keys
 
 POOL_ROWS = 100_000  # rows in a row group of the pool and of each filter's table: what a curation job holds
 
 
-def write_pool(shards: list[dict], metadata_cols, score_models: dict, path: Path | str) -> int:
+def write_pool(
+    shards: list[dict], metadata_cols, score_models: dict, path: Path | str, cache: Cache | None = None
+) -> int:
     """The pool of `shards` (each: its embeddings' metadata, image and text paths, its plan parquet, and its
-    download's parquet or None), in their order, as one parquet file; returns its row count. Shards are staged
-    a row group's worth at a time beside `path`, then written with the schema they all fit."""
+    download's parquet or None; those on bulk storage read through `cache`), in their order, as one parquet file;
+    returns its row count. Shards are staged a row group's worth at a time beside `path`, then written with the
+    schema they all fit."""
+    local = cache.local if cache else Path
     heads = load_heads(score_models)
     staging = Path(f"{path}.parts")
     shutil.rmtree(staging, ignore_errors=True)
@@ -40,7 +46,8 @@ def write_pool(shards: list[dict], metadata_cols, score_models: dict, path: Path
             pending.clear()
 
     for shard in shards:
-        rows = shard_pool(**shard, metadata_cols=metadata_cols, heads=heads)
+        paths = {name: value if value is None else local(value) for name, value in shard.items()}
+        rows = shard_pool(**paths, metadata_cols=metadata_cols, heads=heads)
         table = pa.Table.from_pandas(rows, preserve_index=False).replace_schema_metadata(None)
         if rows.empty:  # a shard none of whose images downloaded: its columns may have no types
             empty = table
@@ -92,36 +99,15 @@ def pool_batches(path: Path | str, columns: list[str] | None = None):
         yield rows
 
 
-def pool_batches_with(path: Path | str, array_paths: list, reader: str, columns: list[str] | None = None):
-    """The pool's row groups (as pool_batches) each with the same rows of the .npy files `array_paths` (one per
-    shard, in pool order, memory-mapped; None when there are none), refusing arrays that do not hold the pool's
-    rows: `reader` names what reads them."""
-    arrays = RowRange([np.load(array, mmap_mode="r") for array in array_paths]) if array_paths else None
+def pool_batches_with(path: Path | str, arrays: StoredVectors | None, reader: str, columns: list[str] | None = None):
+    """The pool's row groups (as pool_batches) each with the same rows of `arrays` (the per-shard .npy files in
+    pool order; None when there are none), refusing arrays that do not hold the pool's rows: `reader` names what
+    reads them."""
     rows = 0
     for group in pool_batches(path, columns):
-        if arrays is not None and arrays.rows < rows + len(group):
-            raise ClipflowError(f"{reader}: its arrays hold {arrays.rows} rows, the pool more")
-        yield group, arrays.take(rows, rows + len(group)) if arrays is not None else None
+        if arrays is not None and len(arrays) < rows + len(group):
+            raise ClipflowError(f"{reader}: its arrays hold {len(arrays)} rows, the pool more")
+        yield group, arrays.between(rows, rows + len(group)) if arrays is not None else None
         rows += len(group)
-    if arrays is not None and arrays.rows != rows:
-        raise ClipflowError(f"{reader}: its arrays hold {arrays.rows} rows, the pool {rows}")
-
-
-class RowRange:
-    """Arrays of consecutive rows (one per shard) read as one: rows [start, end) of their concatenation."""
-
-    def __init__(self, arrays: list[np.ndarray]):
-        self.arrays = arrays
-        self.starts = np.cumsum([0] + [len(array) for array in arrays])
-        self.rows = int(self.starts[-1])
-
-    def take(self, start: int, end: int) -> np.ndarray:
-        first = int(np.searchsorted(self.starts, start, side="right")) - 1
-        parts = []
-        for i in range(max(first, 0), len(self.arrays)):
-            if self.starts[i] >= end:
-                break
-            parts.append(self.arrays[i][max(start - self.starts[i], 0) : end - self.starts[i]])
-        if not parts:
-            return np.asarray(self.arrays[-1][:0])
-        return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+    if arrays is not None and len(arrays) != rows:
+        raise ClipflowError(f"{reader}: its arrays hold {len(arrays)} rows, the pool {rows}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from clipflow.bulk import Cache
 from clipflow.errors import ClipflowError
 from clipflow.ingest.planner import Plan
 from clipflow.shards import FILTERED, NOT_FETCHED
@@ -70,13 +71,15 @@ def shard_accounting(plan: Plan, shard: str, result_parquet: Path) -> dict:
     }
 
 
-def summarize(plan: Plan, result_parquets: list[Path | str]) -> dict:
-    """Accounting over the plan and img2dataset's per-shard parquets (one per planned shard, named after it)."""
+def summarize(plan: Plan, result_parquets: list[Path | str], cache: Cache | None = None) -> dict:
+    """Accounting over the plan and img2dataset's per-shard parquets (one per planned shard, named after it; those
+    on bulk storage read through `cache`)."""
     by_shard = {Path(path).stem: Path(path) for path in result_parquets}
     missing = sorted(set(plan.shards) - set(by_shard))
     if missing:
         raise ClipflowError(f"no downloaded parquet for planned shards {missing[:10]}")
-    shards = [shard_accounting(plan, shard, by_shard[shard]) for shard in plan.shards]
+    local = cache.local if cache else Path
+    shards = [shard_accounting(plan, shard, local(by_shard[shard])) for shard in plan.shards]
     totals = plan.totals()
     failed, filtered, not_fetched = Counter(), Counter(), Counter()
     for shard in shards:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clipflow.bulk import Cache
+
 
 def pair_similarities(image_paths, text_paths) -> np.ndarray:
     """Cosine similarity of each row's image and text embedding (both are L2-normalized)."""
@@ -58,12 +60,16 @@ class SimilarityHistogram:
         return np.histogram(np.clip(centres, edges[0], edges[-1]), edges, weights=self.counts)[0], edges
 
 
-def summarize_embeddings(info_paths, image_paths, text_paths) -> tuple[dict, SimilarityHistogram]:
-    """The embedding jobs' summary, and the similarity of each row's image and text, read a shard at a time."""
+def summarize_embeddings(
+    info_paths, image_paths, text_paths, cache: Cache | None = None
+) -> tuple[dict, SimilarityHistogram]:
+    """The embedding jobs' summary, and the similarity of each row's image and text, read a shard at a time (those
+    on bulk storage through `cache`)."""
     infos = [json.loads(Path(p).read_text()) for p in info_paths]
     similarities = SimilarityHistogram()
+    local = cache.local if cache else Path
     for image, text in zip(image_paths, text_paths):
-        similarities.add(pair_similarities([image], [text]))
+        similarities.add(pair_similarities([local(image)], [local(text)]))
     summary = {
         "provenance": infos[0]["provenance"] if infos else None,
         "embedded": sum(i["embedded"] for i in infos),

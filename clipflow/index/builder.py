@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from clipflow import files
+from clipflow.bulk import Cache
 from clipflow.errors import ClipflowError
 from clipflow.index.vectors import RERANK_FACTOR, StoredVectors, row_counts
 
@@ -80,16 +81,19 @@ def index_key(rows: int, dim: int, options: dict) -> str:
     return keys[0]
 
 
-def train_index(paths: list, rows: int, options: dict, index_path: Path | str, infos_path: Path | str) -> dict:
-    """An empty index for `rows` trained rows, trained on a seeded sample of the vectors in `paths`."""
+def train_index(
+    paths: list, rows: int, options: dict, index_path: Path | str, infos_path: Path | str, cache: Cache | None = None
+) -> dict:
+    """An empty index for `rows` trained rows, trained on a seeded sample of the vectors in `paths` (those on bulk
+    storage read through `cache`)."""
     from autofaiss.external.optimize import get_optimal_train_size
     from autofaiss.indices.index_factory import index_factory
 
     started = time.perf_counter()
-    stored = StoredVectors(paths, row_counts(paths))
+    stored = StoredVectors.of(paths, cache)
     if len(stored) == 0:
         raise ClipflowError(f"{len(paths)} embedding files hold no vectors to train the index: every download failed?")
-    dim = int(np.load(paths[0], mmap_mode="r").shape[1])
+    dim = int(stored.between(0, 1).shape[1])
     key = index_key(rows, dim, options)
     index = index_factory(dim, key, faiss.METRIC_INNER_PRODUCT)
     size = min(len(stored), options["max_train_vectors"], get_optimal_train_size(len(stored), key, None, dim))
@@ -115,11 +119,12 @@ def part_record(part_path: Path | str) -> Path:
     return Path(part_path).with_suffix(".json")
 
 
-def add_part(trained_path: Path | str, paths: list, part_path: Path | str) -> int:
-    """A copy of the trained index holding the vectors of `paths`, ids from 0, and its record; returns how many."""
+def add_part(trained_path: Path | str, paths: list, part_path: Path | str, cache: Cache | None = None) -> int:
+    """A copy of the trained index holding the vectors of `paths` (those on bulk storage read through `cache`), ids
+    from 0, and its record; returns how many."""
     index = faiss.read_index(str(trained_path))
     for path in paths:
-        vectors = np.load(path, mmap_mode="r")
+        vectors = np.load(cache.local(path) if cache else path, mmap_mode="r")
         for start in range(0, len(vectors), ADD_BLOCK):
             index.add(np.ascontiguousarray(vectors[start : start + ADD_BLOCK], dtype=np.float32))
     # The merge takes the quantizer from the trained index: parts keep only their lists.

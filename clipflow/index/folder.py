@@ -24,6 +24,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from clipflow import files, storage
+from clipflow.bulk import Cache
 from clipflow.errors import ClipflowError
 from clipflow.index.builder import without_read_ahead
 from clipflow.index.vectors import RERANK_FACTOR, StoredVectors
@@ -35,17 +36,19 @@ MODEL_MANIFEST = "model.json"  # the model's manifest as the index was built wit
 RECORDED = (*MODALITIES, "metadata")  # what an index folder's records (`NAME.infos.json`) stand for
 
 
-def write_metadata(parquets: list, path: Path | str, manifest: Path | str) -> int:
+def write_metadata(parquets: list, path: Path | str, manifest: Path | str, cache: Cache | None = None) -> int:
     """Concatenate the chunks' metadata, in index order, into one Arrow IPC file, copy the model's manifest beside
     it and record both (`metadata.infos.json`); returns the row count. One file at a time is read, cast to the
     schema they all fit (a column a file lacks is null there), and written: the job holds one shard's metadata at
-    any pool size."""
+    any pool size. Files on bulk storage are read through `cache` (fetched twice where they exceed it: once for
+    the schema, once for the rows)."""
     path = Path(path)
-    schema = files.unified_schema(parquets)
+    local = cache.local if cache else Path  # at each read: a copy may go to make room for the next
+    schema = files.unified_schema(local(parquet) for parquet in parquets)
     rows = 0
     with files.replacing(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for parquet in parquets:
-            table = files.fitted(pq.read_table(parquet), schema)
+            table = files.fitted(pq.read_table(local(parquet)), schema)
             writer.write_table(table)
             rows += table.num_rows
     copied = path.parent / MODEL_MANIFEST

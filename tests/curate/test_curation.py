@@ -39,7 +39,7 @@ def filter_pool(tmp_path, pool: pd.DataFrame, options: dict) -> tuple[pd.DataFra
     """A filter run as its job runs it, over `pool` written in row groups of 3 rows: its table and record."""
     pool = pool.assign(key=[f"{i:04d}" for i in range(len(pool))])
     pool.to_parquet(tmp_path / "pool.parquet", row_group_size=3)
-    info = run_filter(options, tmp_path / "pool.parquet", [], tmp_path / "table.parquet")
+    info = run_filter(options, tmp_path / "pool.parquet", None, tmp_path / "table.parquet")
     return pd.read_parquet(tmp_path / "table.parquet"), info
 
 
@@ -365,6 +365,12 @@ def test_reshard_writes_exactly_the_subset_and_resumes(tmp_path):
     before = (out / "00000002.tar").stat().st_mtime_ns
     assert reshard(kept, tmp_path / "in", out, 4, 2)["written_now"] == 1
     assert (out / "00000002.tar").stat().st_mtime_ns == before
+    source = tmp_path / "in/00000002.tar"
+    os.utime(source, ns=(1, 1))  # a copy of other mtime (as one fetched from object storage): the same bytes
+    assert reshard(kept, tmp_path / "in", out, 4, 2)["written_now"] == 0
+    write_shard(source, [(f"00000002{i:04d}", jpeg((40, 30), seed=999 + i), "again") for i in range(10)])
+    assert reshard(kept, tmp_path / "in", out, 4, 2)["written_now"] == 2  # downloaded again: the shards it feeds
+    assert [s["txt"] for s in read_shards(out)][-5:] == ["again"] * 5
 
     smaller = write_kept(tmp_path / "smaller.parquet", expected.iloc[:6])  # changed shards rewritten, extra removed
     assert reshard(smaller, tmp_path / "in", out, 4, 2)["shards"] == ["00000000", "00000001"]

@@ -5,6 +5,7 @@ redoes its jobs, and a batch cut short resumes without fetching or downloading i
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from clipflow.index.folder import ClipIndex
 from clipflow.shards import SUFFIXES
@@ -102,9 +104,63 @@ def test_the_run_keeps_shards_and_embeddings_on_s3_reruns_nothing_and_needs_no_l
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(run_snakemake(workdir, "-n"))
     run_snakemake(workdir, "--cores", "2", "--forcerun", "summarize_downloads")
     assert (workdir / "results/summary/download.json").read_text() == summary
-    fetched = sorted(name for name, local in local_copies(workdir).items() if local.exists())
-    assert fetched == [f"shards/{shard}.parquet" for shard in SHARDS]  # what the summary reads, and only that
+    assert not any(local.exists() for local in local_copies(workdir).values())  # read through the job's own cache
+    assert "fetched 2 files" in (workdir / "logs/summary/download.log").read_text()  # the parquets, and only them
     assert stored(fs) == objects
+
+
+READERS = [  # the rules that read bulk files, in this run
+    "summarize_downloads", "summarize_embeddings", "index_vectors", "index_train", "index_add", "index_metadata",
+    "near_duplicate_centroids", "near_duplicate_assign", "curate_pool", "curate_filter", "curate_subset", "reshard",
+]  # fmt: skip
+
+
+def built(workdir: Path) -> dict[str, bytes]:
+    """What the run built from the bulk files, by path: bytes; a tar's members (not the times in their headers);
+    in a JSON record, all but when and how long it ran (and, in a stats file, the tar's sha256 and size)."""
+    paths = [*(workdir / "results/index").rglob("*"), *(workdir / "results/curate").rglob("*")]
+    return {path.relative_to(workdir).as_posix(): untimed(path) for path in paths if path.is_file()}
+
+
+def untimed(path: Path):
+    if path.suffix == ".tar":
+        with tarfile.open(path) as tar:
+            return [(member.name, tar.extractfile(member).read()) for member in tar.getmembers()]
+    if path.suffix != ".json":
+        return path.read_bytes()
+    written = json.loads(path.read_text())
+    return {k: v for k, v in written.items() if not k.endswith(("_seconds", "_time")) and k != "clipflow_tar"}
+
+
+def test_a_cache_smaller_than_a_file_rebuilds_the_same_outputs_and_fills_no_local_folder(
+    bulk_run, tmp_path, monkeypatch
+):
+    workdir, fs = bulk_run
+    for local in local_copies(workdir).values():
+        local.unlink(missing_ok=True)
+    before = built(workdir)
+    resharded = workdir / "results/curate/subsets/clip_basic_dedup/shards"
+    for shard in resharded.glob("0*"):  # so that the reshard reads its source tars again
+        shard.unlink()
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    write_config(workdir, {**config, "storage": {**config["storage"], "cache_gb": 1e-6}})  # 1 KB: the last 4 files
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(run_snakemake(workdir, "-n"))  # a sizing setting
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    try:
+        run_snakemake(workdir, "--cores", "2", "--forcerun", *READERS)
+    finally:
+        write_config(workdir, config)
+    after = built(workdir)
+    assert sorted(after) == sorted(before)
+    assert [path for path in before if after[path] != before[path]] == []
+    assert not any(local.exists() for local in local_copies(workdir).values())
+    assert list(tmp_path.glob("clipflow-cache-*")) == []
+    for log in (
+        "index/image/train.log",
+        "curate/near_duplicates/near_duplicates/assign_00000000.log",
+        "curate/reshard_clip_basic_dedup.log",
+    ):
+        assert re.search(r"through a cache of 1073 bytes; it held \d+ at most", (workdir / "logs" / log).read_text())
 
 
 def test_a_deleted_or_cut_object_is_found_and_its_jobs_run_again(bulk_run):

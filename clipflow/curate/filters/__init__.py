@@ -8,6 +8,7 @@ import pyarrow as pa
 from clipflow import files
 from clipflow.curate.filters.base import Filter
 from clipflow.curate.pool import POOL_ROWS, pool_batches_with
+from clipflow.index.vectors import StoredVectors
 
 # A filter's table: each pool row's key, whether the filter keeps it, and why not (or what a kept row matched).
 TABLE_SCHEMA = pa.schema([("key", pa.string()), ("keep", pa.bool_()), ("detail", pa.string())])
@@ -47,16 +48,16 @@ def options_schema() -> dict:
     }
 
 
-def run_filter(options: dict, pool, array_paths: list, table_path) -> dict:
+def run_filter(options: dict, pool, arrays: StoredVectors | None, table_path) -> dict:
     """One configured filter over the pool (a parquet file), a row group at a time: writes its table (key, keep,
     detail), aligned with the pool group by group, and returns its record (options, counts, and what the filter
-    resolved, e.g. the threshold a top_fraction gave). `array_paths`: the .npy files it reads besides the pool (the
-    embeddings, in pool order, or its own jobs' result), memory-mapped."""
+    resolved, e.g. the threshold a top_fraction gave). `arrays`: the .npy files it reads besides the pool (the
+    embeddings, in pool order, or its own jobs' result), if any."""
     chosen = make_filter(options)
     resolved = chosen.resolve(pool)
     rows, kept, counts = 0, 0, {}
     with files.RowGroupWriter(table_path, TABLE_SCHEMA, POOL_ROWS) as writer:
-        for group, embeddings in pool_batches_with(pool, array_paths, f"filter {options['kind']}"):
+        for group, embeddings in pool_batches_with(pool, arrays, f"filter {options['kind']}"):
             decision = chosen.decide(group, embeddings, resolved)
             detail = decision.detail if decision.detail is not None else [None] * len(group)
             writer.write(pa.table({"key": group["key"], "keep": decision.keep, "detail": detail}, TABLE_SCHEMA))

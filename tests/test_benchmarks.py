@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO
 
 TINY = {
+    "bulk_cache.py": ["--shards", "2", "--rows", "100", "--dim", "16", "--group", "64", "--cache-gb", "0.000001", "1"],
     "bulk_dry_run.py": ["--shards", "8", "--shards-per-job", "4", "8"],
     "dag_scale.py": ["--shards", "4"],
     "download_overhead.py": ["--shards", "1", "--per-shard", "20", "--images", "5", "--threads", "2", "--repeats", "1"],

@@ -65,6 +65,9 @@ class Service:
 
     async def _close(self, app) -> None:
         await self.remote.close()
+        for served in self.indices.values():
+            if served.takedowns:
+                served.takedowns.stop()
 
     @web.middleware
     async def _errors_and_metrics(self, request, handler):
@@ -150,7 +153,9 @@ class Service:
 
     async def health(self, request):
         indices = {name: served.index.metadata.num_rows for name, served in self.indices.items()}
-        return web.json_response({"status": "ok", "uptime_s": time.time() - self.started, "indices": indices})
+        health = {"status": "ok", "uptime_s": time.time() - self.started, "indices": indices}
+        takedowns = {name: served.takedowns.status() for name, served in self.indices.items() if served.takedowns}
+        return web.json_response({**health, "takedowns": takedowns} if takedowns else health)
 
     async def metrics(self, request):
         return web.Response(body=self.monitor.exposition(), content_type="text/plain")
@@ -181,6 +186,7 @@ class Service:
             raise RequestError("ids", f"ids {bad[:10]} are not rows of index {served.name!r} (0 to {rows - 1})")
         if len(ids) > self.limits.max_result_ids:
             raise RequestError("ids", f"at most {self.limits.max_result_ids} ids per request")
+        ids = [i for i, down in zip(ids, served.taken_down(ids)) if not down]  # a taken-down row is not listed
         metadata = self._rows(served, ids)
         return web.json_response([{"id": i, "metadata": m} for i, m in zip(ids, metadata)])
 
@@ -217,9 +223,17 @@ class Service:
         drop_unsafe = use_safety_model and served.safety is not None
         searcher = served.searcher(modality, self.limits.max_batch)
         # Deduplication and the safety model drop some results: ask for more so that enough remain.
-        k = min(num_result_ids * (1 + deduplicate + drop_unsafe), served.index.metadata.num_rows)
-        similarities, ids = await searcher.submit((vector, k))
-        found = ids >= 0
+        rows = served.index.metadata.num_rows
+        wanted = min(num_result_ids * (1 + deduplicate + drop_unsafe), rows)
+        k = wanted
+        while True:  # taken-down rows drop too: ask again for as many more until enough remain, or none are left
+            similarities, ids = await searcher.submit((vector, k))
+            found = ids >= 0
+            returned = int(found.sum())
+            found &= ~served.taken_down(ids)
+            if found.sum() >= wanted or returned < k or k >= rows:
+                break
+            k = min(rows, k + 2 * (returned - int(found.sum())))
         similarities, ids = similarities[found], ids[found]
         if deduplicate:
             keep = await asyncio.to_thread(distinct, served.index, modality, ids)

@@ -15,6 +15,7 @@ from clipflow.index.vectors import RERANK_FACTOR
 from clipflow.serve.batcher import MicroBatcher
 from clipflow.serve.encoders import Encoder, ImageDecoder
 from clipflow.serve.limits import Limits
+from clipflow.serve.takedowns import Takedowns
 from clipflow.shards import ShardReader, StoredShardReader
 
 DEDUPLICATE_COSINE = 0.94  # clip-retrieval's threshold for near-duplicate results
@@ -28,6 +29,7 @@ class ServedIndex:
     shards: ShardReader | None
     aesthetic_embeddings: np.ndarray | None = None  # one row per rating, as clip-retrieval's rating{k}.npy
     safety: Head | None = None
+    takedowns: Takedowns | None = None
     searchers: dict = field(default_factory=dict)
 
     def searcher(self, modality: str, max_batch: int) -> MicroBatcher:
@@ -47,8 +49,12 @@ class ServedIndex:
         """Which results the safety model lets through, judged on their image embeddings."""
         return unsafe_probability(self.safety, self.index.vectors("image", ids)) <= UNSAFE_ABOVE
 
+    def taken_down(self, ids) -> np.ndarray:
+        """Which of `ids` the index's blocklist takes down."""
+        return self.takedowns.holds(ids) if self.takedowns else np.zeros(len(ids), dtype=bool)
+
     def image_bytes(self, row_id: int) -> bytes | None:
-        if self.shards is None or not 0 <= row_id < self.index.metadata.num_rows:
+        if self.shards is None or not 0 <= row_id < self.index.metadata.num_rows or self.taken_down([row_id])[0]:
             return None
         row = self.index.rows([row_id])[0]
         if not row.get("shard") or not row.get("key"):
@@ -60,8 +66,9 @@ def load_indices(indices_json: Path | str, limits: Limits) -> dict[str, ServedIn
     """indices.json: {"name": {"index": "results/index", "shards": "results/shards", ...}}, paths relative to it.
     Optional keys: shards, search_params (faiss ParameterSpace syntax, as autofaiss's index_param), rerank_factor
     (candidates per result that an approximate index returns for exact re-ranking; 1 turns it off),
-    aesthetic_embeddings (a folder of clip-retrieval's rating0.npy .. rating9.npy) and safety_model (the NSFW
-    detector's weights, see clipflow.embed.heads).
+    aesthetic_embeddings (a folder of clip-retrieval's rating0.npy .. rating9.npy), safety_model (the NSFW
+    detector's weights, see clipflow.embed.heads) and blocklist (files of rows never to serve, clipflow.blocklist,
+    each a path or {"path": ..., "key": KIND}; reloaded when they change, clipflow.serve.takedowns).
     """
     path = Path(indices_json)
     try:
@@ -83,6 +90,7 @@ def load_indices(indices_json: Path | str, limits: Limits) -> dict[str, ServedIn
             "rerank_factor",
             "aesthetic_embeddings",
             "safety_model",
+            "blocklist",
         }
         if unknown:
             raise ClipflowError(f"{path}: index {name!r} has unknown keys {sorted(unknown)}")
@@ -113,8 +121,20 @@ def load_indices(indices_json: Path | str, limits: Limits) -> dict[str, ServedIn
                 else None
             ),
             _safety_model(path.parent / entry["safety_model"], dim) if entry.get("safety_model") else None,
+            _takedowns(name, entry.get("blocklist"), path, index),
         )
     return served
+
+
+def _takedowns(name: str, entries, indices_json: Path, index: ClipIndex) -> Takedowns | None:
+    if entries is None:
+        return None
+    if not isinstance(entries, list):
+        raise ClipflowError(f'{indices_json}: index {name!r}: "blocklist" is a list of files')
+    try:
+        return Takedowns(name, entries, indices_json.parent, index)
+    except ClipflowError as error:
+        raise ClipflowError(f"{indices_json}: index {name!r}: {error}") from None
 
 
 def _rating_embeddings(folder: Path, dim: int) -> np.ndarray:

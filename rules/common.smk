@@ -19,6 +19,7 @@ SHARDS_DIR = "results/shards"
 DEMO_DIR = "results/demo"
 EMBEDDINGS_DIR = "results/embeddings"
 INDEX_DIR = "results/index"
+TAKEDOWNS_DIR = "results/takedowns"
 MODEL_MANIFEST = "results/model.json"
 # One file each standing for every download batch's and every embedding chunk's record (see write_listing).
 DOWNLOADED = "results/listings/batches.json"
@@ -113,7 +114,14 @@ def index_records():
             records[f"{INDEX_DIR}/{modality}/parts/{chunk}.json"] = [
                 f"{modality}/parts/{chunk}.index"
             ]
+    if config["blocklist"]:
+        records[f"{INDEX_DIR}/takedowns.infos.json"] = ["takedowns.npy"]
     return records
+
+
+def blocklist_files():
+    """The blocklist's files: a changed one takes down its rows again."""
+    return [entry if isinstance(entry, str) else entry["path"] for entry in config["blocklist"]]
 
 
 def shard_embeddings(kind, shards):
@@ -364,6 +372,8 @@ def get_final_outputs():
             "text.vectors.json",
         ],
     )
+    if config["blocklist"]:
+        index += [f"{INDEX_DIR}/takedowns.npy", f"{TAKEDOWNS_DIR}/audit.json"]
     summaries = expand(
         "results/summary/{name}",
         name=["download.json", "download.png", "embeddings.json", "benchmarks.png"],

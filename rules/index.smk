@@ -176,3 +176,27 @@ rule summarize_embeddings:
         mem_mb=4000,
     script:
         "../scripts/summarize_embeddings.py"
+
+
+# The blocklist's rows, left out of every search of the index; nothing is rebuilt (clipflow.index.takedowns).
+rule index_takedowns:
+    input:
+        unpack(pool_downloads),
+        blocklist=blocklist_files(),
+        metadata=f"{INDEX_DIR}/metadata.arrow",
+    output:
+        ids=f"{INDEX_DIR}/takedowns.npy",
+        record=f"{INDEX_DIR}/takedowns.infos.json",
+        rows=f"{TAKEDOWNS_DIR}/rows.parquet",
+        audit=f"{TAKEDOWNS_DIR}/audit.json",
+    log:
+        "logs/index/takedowns.log",
+    conda:
+        "../envs/index.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: config["index"]["mem_mb"] * attempt,
+    params:
+        entries=config["blocklist"],
+    script:
+        "../scripts/index_takedowns.py"

@@ -91,7 +91,8 @@ class Blocklist:
         found = np.full(rows.num_rows, "", dtype=object)
         normalized = None
         for kind in KINDS:
-            if not self.keys[kind] or (kind in ("uid", *IMAGE_HASHES) and kind not in rows.column_names):
+            column = kind if kind in ("uid", *IMAGE_HASHES) else "url"
+            if not self.keys[kind] or column not in rows.column_names:
                 continue
             if kind in ("uid", *IMAGE_HASHES):
                 values = pc.utf8_trim_whitespace(rows[kind]) if kind == "uid" else pc.utf8_lower(rows[kind])

@@ -27,13 +27,14 @@ from clipflow import files, storage
 from clipflow.bulk import Cache
 from clipflow.errors import ClipflowError
 from clipflow.index.builder import without_read_ahead
+from clipflow.index.takedowns import read_takedowns
 from clipflow.index.vectors import RERANK_FACTOR, StoredVectors
 
 MODALITIES = ("image", "text")
 REBUILD = "the next workflow run (snakemake) builds it again"
 RESULT_COLUMNS = ("uid", "url", "caption")
 MODEL_MANIFEST = "model.json"  # the model's manifest as the index was built with it: queries embed through it
-RECORDED = (*MODALITIES, "metadata")  # what an index folder's records (`NAME.infos.json`) stand for
+RECORDED = (*MODALITIES, "metadata", "takedowns")  # what an index folder's records (`NAME.infos.json`) stand for
 
 
 def write_metadata(parquets: list, path: Path | str, manifest: Path | str, cache: Cache | None = None) -> int:
@@ -133,9 +134,10 @@ class ClipIndex:
             raise ClipflowError(
                 f"{self.folder}: not an index folder (missing {missing or 'the folder'}); run the workflow first"
             )
-        damage = index_damage(self.folder, "metadata")  # the metadata is mapped too
+        damage = index_damage(self.folder, "metadata") + index_damage(self.folder, "takedowns")  # mapped, trusted
         if damage:
             raise ClipflowError(f"damaged index metadata: {'; '.join(damage)}; {REBUILD}")
+        self.taken_down = read_takedowns(self.folder)  # ids every search leaves out (clipflow.index.takedowns)
         try:
             self.metadata = pa.ipc.open_file(pa.memory_map(str(self.folder / "metadata.arrow"))).read_all()
         except (pa.ArrowInvalid, OSError) as error:
@@ -186,10 +188,35 @@ class ClipIndex:
     def reranks(self, modality: str) -> bool:
         return self.rerank_factor > 1 and not is_exact(self.index(modality)) and self.stored(modality) is not None
 
-    def search(self, vectors: np.ndarray, modality: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Similarities and ids (best first) for each query vector; ids of -1 mean fewer than k hits."""
+    def search(
+        self, vectors: np.ndarray, modality: str, k: int, excluded: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities and ids (best first) for each query vector; ids of -1 mean fewer than k hits. Rows taken
+        down (the folder's takedowns, and the sorted ids `excluded`) are left out: the index is asked again for
+        as many more candidates as it returned of them, until k others remain or it has no more."""
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+        down = self.taken_down if excluded is None or not len(excluded) else np.union1d(self.taken_down, excluded)
+        if not len(down):
+            return self._search(vectors, modality, k)
+        asked = k
+        while True:
+            similarities, ids = self._search(vectors, modality, asked)
+            left_out = np.isin(ids, down)
+            kept = ((ids >= 0) & ~left_out).sum(axis=1)
+            exhausted = (ids >= 0).sum(axis=1) < asked
+            if np.all((kept >= k) | exhausted) or asked >= self.metadata.num_rows:
+                break
+            asked = min(self.metadata.num_rows, asked + 2 * int(left_out.sum(axis=1).max()))
+        out_similarities = np.full((len(ids), k), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(ids), k), -1, dtype=np.int64)
+        for query in range(len(ids)):
+            keep = np.flatnonzero((ids[query] >= 0) & ~left_out[query])[:k]
+            out_similarities[query, : len(keep)] = similarities[query, keep]
+            out_ids[query, : len(keep)] = ids[query, keep]
+        return out_similarities, out_ids
+
+    def _search(self, vectors: np.ndarray, modality: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         if not self.reranks(modality):
             return self.index(modality).search(vectors, k)
         _, candidates = self.index(modality).search(vectors, k * self.rerank_factor)

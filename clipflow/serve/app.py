@@ -223,17 +223,9 @@ class Service:
         drop_unsafe = use_safety_model and served.safety is not None
         searcher = served.searcher(modality, self.limits.max_batch)
         # Deduplication and the safety model drop some results: ask for more so that enough remain.
-        rows = served.index.metadata.num_rows
-        wanted = min(num_result_ids * (1 + deduplicate + drop_unsafe), rows)
-        k = wanted
-        while True:  # taken-down rows drop too: ask again for as many more until enough remain, or none are left
-            similarities, ids = await searcher.submit((vector, k))
-            found = ids >= 0
-            returned = int(found.sum())
-            found &= ~served.taken_down(ids)
-            if found.sum() >= wanted or returned < k or k >= rows:
-                break
-            k = min(rows, k + 2 * (returned - int(found.sum())))
+        k = min(num_result_ids * (1 + deduplicate + drop_unsafe), served.index.metadata.num_rows)
+        similarities, ids = await searcher.submit((vector, k))  # taken-down rows left out
+        found = ids >= 0
         similarities, ids = similarities[found], ids[found]
         if deduplicate:
             keep = await asyncio.to_thread(distinct, served.index, modality, ids)

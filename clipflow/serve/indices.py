@@ -37,7 +37,8 @@ class ServedIndex:
 
             def search(queries):
                 vectors = np.stack([vector for vector, _ in queries]).astype(np.float32)
-                similarities, ids = self.index.search(vectors, modality, max(k for _, k in queries))
+                excluded = self.takedowns.blocked if self.takedowns else None
+                similarities, ids = self.index.search(vectors, modality, max(k for _, k in queries), excluded)
                 return [(s[:k], i[:k]) for (_, k), s, i in zip(queries, similarities, ids)]
 
             self.searchers[modality] = MicroBatcher(
@@ -50,8 +51,9 @@ class ServedIndex:
         return unsafe_probability(self.safety, self.index.vectors("image", ids)) <= UNSAFE_ABOVE
 
     def taken_down(self, ids) -> np.ndarray:
-        """Which of `ids` the index's blocklist takes down."""
-        return self.takedowns.holds(ids) if self.takedowns else np.zeros(len(ids), dtype=bool)
+        """Which of `ids` are taken down: by the index folder's takedowns or the service's blocklist."""
+        down = np.isin(np.asarray(ids, dtype=np.int64), self.index.taken_down)
+        return down | self.takedowns.holds(ids) if self.takedowns else down
 
     def image_bytes(self, row_id: int) -> bytes | None:
         if self.shards is None or not 0 <= row_id < self.index.metadata.num_rows or self.taken_down([row_id])[0]:

@@ -283,6 +283,11 @@ def subset_filter_outputs(wildcards, extension):
     return expand(f"{CURATE_DIR}/filters/{{name}}.{extension}", name=names)
 
 
+def pool_takedowns(wildcards):
+    """With a blocklist, the pool's takedowns: every subset leaves them out first."""
+    return {"takedowns": f"{TAKEDOWNS_DIR}/pool.parquet"} if config["blocklist"] else {}
+
+
 def held_out_rows(wildcards):
     """While any subset trains, the evaluation's held-out rows: every subset leaves them out."""
     return {"held_out": f"{EVALUATE_DIR}/held_out.parquet"} if config["train"]["subsets"] else {}

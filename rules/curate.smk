@@ -62,8 +62,26 @@ rule curate_filter:
         "../scripts/curate_filter.py"
 
 
+rule pool_takedowns:
+    input:
+        pool=f"{CURATE_DIR}/pool.parquet",
+        rows=f"{TAKEDOWNS_DIR}/rows.parquet",
+    output:
+        table=f"{TAKEDOWNS_DIR}/pool.parquet",
+    log:
+        "logs/curate/takedowns.log",
+    conda:
+        "../envs/index.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: config["curate"]["mem_mb"] * attempt,
+    script:
+        "../scripts/pool_takedowns.py"
+
+
 rule curate_subset:
     input:
+        unpack(pool_takedowns),
         unpack(held_out_rows),
         unpack(pool_downloads),
         pool=f"{CURATE_DIR}/pool.parquet",

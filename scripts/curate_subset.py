@@ -4,6 +4,7 @@ from pathlib import Path
 from clipflow import files
 from clipflow.curate.plots import plot_examples, plot_filter_effects, plot_score_cut
 from clipflow.curate.subset import examples, write_subset
+from clipflow.curate.takedowns import TAKEDOWN
 from clipflow.evaluate.holdout import HELD_OUT
 from clipflow.logs import redirect_to_log
 from clipflow.bulk import job_cache
@@ -15,6 +16,8 @@ with redirect_to_log(snakemake.log[0]):
     infos = {name: json.loads(Path(path).read_text()) for name, path in zip(names, snakemake.input.infos)}
     if "held_out" in snakemake.input.keys():  # while models train, the evaluation's rows go first
         tables = {HELD_OUT: snakemake.input.held_out, **tables}
+    if "takedowns" in snakemake.input.keys():  # and before them, the rows a blocklist takes down
+        tables = {TAKEDOWN: snakemake.input.takedowns, **tables}
     output = snakemake.output
     result = write_subset(snakemake.input.pool, tables, output.uids, output.kept, output.removed)
     histogram, kept_by_group = result.pop("score_histogram"), result.pop("kept_by_group")

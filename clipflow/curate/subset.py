@@ -14,6 +14,7 @@ from clipflow import files
 from clipflow.curate.filters.base import first_failures
 from clipflow.curate.pool import POOL_ROWS
 from clipflow.errors import ClipflowError
+from clipflow.curate.takedowns import TAKEDOWN
 from clipflow.evaluate.holdout import HELD_OUT
 
 UID_PATTERN = r"^[0-9a-fA-F]{32}$"
@@ -265,6 +266,9 @@ def examples(pool, tables: dict, kept_by_group: list[int], reader, count: int = 
 
 
 def _example(rows: pa.Table, decided: dict, row: int, kept: bool, reader) -> tuple | None:
+    """A row's example; none for a row whose image is not downloaded or that is taken down."""
+    if not kept and next(name for name, table in decided.items() if not table["keep"][row].as_py()) == TAKEDOWN:
+        return None
     image = reader.image_bytes(rows["shard"][row].as_py(), rows["key"][row].as_py())
     if image is None:
         return None

@@ -8,9 +8,13 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
+import webdataset as wds
 
+from clipflow.curate.subset import uid_array
 from clipflow.errors import ClipflowError
 from clipflow.index.folder import ClipIndex
 from conftest import free_port, planned_jobs, run_snakemake, small_run_config, write_config
@@ -22,7 +26,7 @@ def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("takedowns")
     config = small_run_config(free_port())
     config["train"]["subsets"] = []
-    config["curate"]["subsets"] = {}
+    config["curate"]["subsets"] = {"round_shapes": {"filters": ["round_shapes"], "reshard": True}}
     write_config(workdir, config)
     run_snakemake(workdir, "--cores", "2")
     return workdir, config
@@ -41,7 +45,11 @@ def test_a_blocklist_takes_rows_down_from_every_search_without_rebuilding(finish
     assert len(before) == len(metadata) >= 30
     downloads = pd.concat(pd.read_parquet(p) for p in sorted((workdir / "results/shards").glob("*.parquet")))
     rows = metadata.merge(downloads[["key", "sha256"]], on="key")
-    by_uid, by_url, by_sha256, by_url_md5 = (rows.iloc[i] for i in (2, 5, 11, 23))
+    subset = workdir / "results/curate/subsets/round_shapes"
+    kept = pd.read_parquet(subset / "kept.parquet")
+    in_subset = rows[rows["uid"].isin(kept["uid"])]
+    by_uid, by_url, by_sha256 = (in_subset.iloc[i] for i in (0, 4, 7))
+    by_url_md5 = rows[~rows["uid"].isin(kept["uid"])].iloc[3]
     url = by_url["url"].replace("http://", "HTTP://") + "#fragment"
     (workdir / "optouts.csv").write_text(
         "\ufeffuid,url,note\n"
@@ -58,9 +66,26 @@ def test_a_blocklist_takes_rows_down_from_every_search_without_rebuilding(finish
     write_config(workdir, config)
     index_files = {p: p.stat().st_mtime_ns for p in (workdir / "results/index").glob("*.index")}
 
-    assert planned_jobs(run_snakemake(workdir, "-n").stdout) == ["all", "index_takedowns"]
+    changed = ["all", "curate_subset[round_shapes]", "index_takedowns", "pool_takedowns", "reshard[round_shapes]"]
+    changed.append("summarize_benchmarks")  # the reshard's benchmark file is new
+    assert planned_jobs(run_snakemake(workdir, "-n").stdout) == changed
     run_snakemake(workdir, "--cores", "2")
     assert {p: p.stat().st_mtime_ns for p in index_files} == index_files  # nothing rebuilt
+
+    # The subset, its DataComp uid file and its reshards lose the three rows it held; removed.parquet lists all four
+    # (a download of the subset skips them).
+    now_kept = pd.read_parquet(subset / "kept.parquet")
+    assert list(now_kept["uid"]) == [uid for uid in kept["uid"] if uid not in blocked]
+    assert np.array_equal(
+        np.load(subset / "uids.npy"), np.sort(uid_array(pa.array(now_kept["uid"])), order=["f0", "f1"])
+    )
+    removed = pd.read_parquet(subset / "removed.parquet")
+    taken_keys = {row["key"] for row in (by_uid, by_url, by_sha256, by_url_md5)}
+    assert set(removed.loc[removed["filter"] == "takedown", "key"]) == taken_keys  # each first by the takedown
+    resharded = [
+        s["__key__"] for s in wds.WebDataset(sorted(map(str, (subset / "shards").glob("*.tar"))), shardshuffle=False)
+    ]
+    assert resharded == list(now_kept["key"])
     after = query(workdir)
     assert not blocked & {result["uid"] for result in after}
     unranked = [{k: v for k, v in result.items() if k != "rank"} for result in before if result["uid"] not in blocked]
@@ -93,7 +118,7 @@ def test_a_blocklist_takes_rows_down_from_every_search_without_rebuilding(finish
 
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(run_snakemake(workdir, "-n"))
     (workdir / "urls.txt").write_text("")  # that request withdrawn: its row comes back, the others stay down
-    assert planned_jobs(run_snakemake(workdir, "-n").stdout) == ["all", "index_takedowns"]
+    assert planned_jobs(run_snakemake(workdir, "-n").stdout) == changed
     run_snakemake(workdir, "--cores", "2")
     assert by_url_md5["uid"] in {result["uid"] for result in query(workdir)}
     assert json.loads((workdir / "results/takedowns/audit.json").read_text())["index"]["taken_down"] == 3

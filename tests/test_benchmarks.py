@@ -23,6 +23,7 @@ TINY = {
     "rerank.py": ["--sizes", "2000", "--factors", "1", "2", "--queries", "10"]
     + ["--config", str(REPO / "config/config.yaml")],
     "semantic_dedup.py": ["--rows", "4000", "--shard-rows", "1000", "--shards-per-chunk", "2", "--cluster-groups", "2"],
+    "takedowns.py": ["--rows", "5000", "--fractions", "0.001", "0.01", "--queries", "10"],
 }
 ON_THE_DEMO_RUN = {"embed_index.py", "serve_load.py"}
 

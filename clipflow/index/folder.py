@@ -202,7 +202,7 @@ class ClipIndex:
         asked = k
         while True:
             similarities, ids = self._search(vectors, modality, asked)
-            left_out = np.isin(ids, down)
+            left_out = down[np.searchsorted(down, ids).clip(0, len(down) - 1)] == ids  # (`down` is sorted)
             kept = ((ids >= 0) & ~left_out).sum(axis=1)
             exhausted = (ids >= 0).sum(axis=1) < asked
             if np.all((kept >= k) | exhausted) or asked >= self.metadata.num_rows:

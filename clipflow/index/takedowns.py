@@ -120,6 +120,6 @@ def read_takedowns(folder: Path | str) -> np.ndarray:
             f"with its blocklist to match it again (or delete {path.name} and {record.name} to lift the takedowns)"
         )
     try:
-        return np.load(path).astype(np.int64)
+        return np.sort(np.load(path).astype(np.int64))
     except (OSError, ValueError) as error:
         raise ClipflowError(f"{path}: damaged ({error}); the next workflow run writes it again") from None

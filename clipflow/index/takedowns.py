@@ -40,24 +40,13 @@ def write_takedowns(
     blocklist = read_blocklist(entries)
     by_image = _image_matches(blocklist, downloads, cache) if any(blocklist.keys[k] for k in IMAGE_HASHES) else {}
     metadata = pa.ipc.open_file(pa.memory_map(str(folder / "metadata.arrow"))).read_all()
-    columns = [name for name in ("uid", "url", "shard", "key") if name in metadata.column_names]
-    found = {"id": [], "shard": [], "key": [], "kind": []}
-    start = 0
-    for batch in metadata.select(columns).to_batches():
-        table = pa.Table.from_batches([batch])
-        kinds = blocklist.matches(table)
-        if by_image:
-            places = zip(table["shard"].to_pylist(), table["key"].to_pylist())
-            image = np.array([by_image.get(place, "") for place in places], dtype=object)
-            kinds = np.where(kinds == "", image, kinds)
-        hit = np.flatnonzero(kinds != "")
-        found["id"].append(hit + start)
-        for name in ("shard", "key"):
-            values = table[name].to_pylist() if name in table.column_names else [None] * table.num_rows
-            found[name] += [values[i] for i in hit]
-        found["kind"] += list(kinds[hit])
-        start += batch.num_rows
-    ids = np.concatenate([np.empty(0, np.int64), *found["id"]]).astype(np.int64)
+    ids, kinds = matched_rows(blocklist, metadata, by_image)
+    places = metadata.select([name for name in ("shard", "key") if name in metadata.column_names]).take(ids)
+    found = {
+        name: places[name].to_pylist() if name in places.column_names else [None] * len(ids)
+        for name in ("shard", "key")
+    }
+    found["kind"] = list(kinds)
     with files.replacing(folder / TAKEDOWNS) as tmp, open(tmp, "wb") as out:
         np.save(out, ids)
     matched_against = _metadata_sha256(folder)  # ids name rows of this metadata only
@@ -81,6 +70,25 @@ def write_takedowns(
         },
     )
     return len(ids)
+
+
+def matched_rows(blocklist, metadata: pa.Table, by_image: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ids (ascending) of the rows of index metadata that `blocklist` names, and the kind of key that named
+    each; `by_image` ((shard, key) -> kind) adds the rows named by their image's hash. A record batch at a time."""
+    columns = [name for name in ("uid", "url", *IMAGE_HASHES, "shard", "key") if name in metadata.column_names]
+    ids, kinds, start = [], [], 0
+    for batch in metadata.select(columns).to_batches():
+        table = pa.Table.from_batches([batch])
+        found = blocklist.matches(table)
+        if by_image:
+            places = zip(table["shard"].to_pylist(), table["key"].to_pylist())
+            image = np.array([by_image.get(place, "") for place in places], dtype=object)
+            found = np.where(found == "", image, found)
+        hit = np.flatnonzero(found != "")
+        ids.append(hit + start)
+        kinds.append(found[hit])
+        start += batch.num_rows
+    return np.concatenate([np.empty(0, np.int64), *ids]).astype(np.int64), np.concatenate([np.empty(0, object), *kinds])
 
 
 def _image_matches(blocklist, downloads: list[tuple[str, Path]], cache: Cache | None) -> dict[tuple, str]:

@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from clipflow.blocklist import IMAGE_HASHES, read_blocklist
+from clipflow.blocklist import read_blocklist
 from clipflow.errors import ClipflowError
 from clipflow.index.folder import ClipIndex
+from clipflow.index.takedowns import matched_rows
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
@@ -50,13 +50,7 @@ class Takedowns:
         blocklist = read_blocklist(self.entries, self.base)
         metadata = self.index.metadata
         blocklist.check_columns(metadata.column_names, f"index {self.name!r}'s metadata")
-        columns = [c for c in ("uid", "url", *IMAGE_HASHES) if c in metadata.column_names]
-        found, start = [], 0
-        for batch in metadata.select(columns).to_batches():
-            kinds = blocklist.matches(pa.Table.from_batches([batch]))
-            found.append(np.flatnonzero(kinds != "") + start)
-            start += batch.num_rows
-        self.blocked = np.concatenate([np.empty(0, np.int64), *found]).astype(np.int64)
+        self.blocked = matched_rows(blocklist, metadata)[0]
         self.checksum, self.error = blocklist.checksum, None
         log.info("index %r: %d rows taken down by blocklist %s", self.name, len(self.blocked), self.checksum[:12])
 
